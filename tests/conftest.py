@@ -1,0 +1,62 @@
+"""Session-scoped heavy parts: the tiny model (built once) and one vLLM student pool."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED / "humaneval.jsonl").exists():
+        pytest.skip(f"shared data not found at {SHARED}")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def builtin_tasks():
+    from engine.tasks import load_tasks
+
+    return load_tasks("builtin-all")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, builtin_tasks) -> Path:
+    from tests.tiny import build_tiny_model
+
+    corpus = [t.prompt + (t.reference or "") for t in builtin_tasks] * 3
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", corpus)
+
+
+@pytest.fixture(scope="session")
+def student_cfg():
+    from engine.config import StudentConfig
+
+    return StudentConfig(model="unused", kv_cache_gb=1, max_model_len=2048, cpu_threads="all",
+                         max_tokens=48)
+
+
+@pytest.fixture(scope="session")
+def student_pool(tiny_model, student_cfg):
+    """The one vLLM engine (in a Ray actor) that the whole test session shares."""
+    from engine.student import StudentPool
+
+    pool = StudentPool(str(tiny_model), student_cfg)
+    yield pool
+    pool.close()
+
+
+@pytest.fixture(scope="session")
+def sandbox_pool():
+    from sandbox.config import SandboxConfig
+    from sandbox.pool import SandboxPool
+
+    with SandboxPool(SandboxConfig()) as pool:
+        yield pool

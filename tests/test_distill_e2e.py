@@ -1,0 +1,105 @@
+"""The whole loop on a handful of tasks: tiny student in vLLM, scripted teacher over HTTP,
+real sandbox, real LoRA fine-tune, adapter evaluated through vLLM."""
+from __future__ import annotations
+
+import json
+
+import orjson
+import pytest
+
+from engine.config import DataConfig, EvalConfig, RunConfig, TeacherConfig
+from engine.records import Attempt, Example, Grade, Refinement
+from engine.runlog import RunDir
+from engine.tasks import BUILTIN_PATH, load_file
+from tests.tiny import ScriptedTeacher, wrong_on_purpose
+from train.config import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def task_file(tmp_path_factory):
+    lines = BUILTIN_PATH.read_bytes().splitlines()[:6]
+    path = tmp_path_factory.mktemp("tasks") / "tasks.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory, task_file, student_pool, student_cfg, tiny_model):
+    from engine.distill import run_distill
+
+    tasks = load_file(task_file)
+    run_dir = tmp_path_factory.mktemp("run")
+    with ScriptedTeacher(tasks) as teacher:
+        cfg = RunConfig(
+            run_dir=str(run_dir), dataset="persd-combined",
+            student=student_cfg.__class__(**{**student_cfg.__dict__, "model": str(tiny_model)}),
+            teacher=TeacherConfig(base_url=teacher.url, model="scripted", concurrency=4),
+            data=DataConfig(train_tasks=str(task_file), train_limit=0,
+                            eval_tasks=str(task_file), eval_limit=3),
+            eval=EvalConfig(n=2, k=(1, 2), temperature=0.8, max_tokens=32),
+            train=TrainConfig(epochs=2, lr=1e-3, batch_tokens=1024, save_every=100))
+        summary = run_distill(cfg, student_pool=student_pool)
+        first_requests = len(teacher.requests)
+        # resume: the same run directory again makes no teacher call and redoes nothing
+        again = run_distill(cfg, student_pool=student_pool)
+        resumed_requests = len(teacher.requests) - first_requests
+    return tasks, RunDir(run_dir), summary, again, first_requests, resumed_requests
+
+
+def test_run_directory_holds_every_stage(e2e):
+    tasks, run, summary, *_ = e2e
+    for name in ("attempts", "grades", "refinements", "stand-answers", "verified", "persd",
+                 "persd-refine", "persd-combined", "stand", "eval-before-results",
+                 "eval-after-results"):
+        assert run.file(name).exists(), name
+    assert json.loads((run.path / "config.json").read_text())["dataset"] == "persd-combined"
+    saved = json.loads((run.path / "summary.json").read_text())
+    assert set(saved["pass_before"]) == {"pass@1", "pass@2"}
+    assert set(saved["pass_after"]) == {"pass@1", "pass@2"}
+    assert saved["attempts"]["tasks"] == len(tasks)
+    assert all(s >= 0 for s in saved["seconds_per_stage"].values())
+
+
+def test_teacher_sees_failures_only_and_persd_holds_exactly_the_verified(e2e):
+    tasks, run, summary, *_ = e2e
+    attempts = run.read("attempts", Attempt)
+    grades = {g.program_id: g for g in run.read("grades", Grade)}
+    refinements = run.read("refinements", Refinement)
+    verified = {g.program_id: g for g in run.read("verified", Grade)}
+    failed = {a.attempt_id for a in attempts if not grades[a.attempt_id].passed}
+    assert failed, "the tiny student should fail these tasks"
+    assert {r.attempt_id for r in refinements} == failed
+    passing = {r.refinement_id for r in refinements if verified[r.refinement_id].passed}
+    persd = run.read("persd", Example)
+    assert {e.example_id.removesuffix(":persd") for e in persd} == passing
+    for r in refinements:  # the scripted teacher's wrong answers were rejected by the sandbox
+        assert verified[r.refinement_id].passed == (not wrong_on_purpose(r.task_id))
+    assert 0 < len(passing) < len(refinements)
+    combined = run.read("persd-combined", Example)
+    assert len(combined) == len(persd) + len(run.read("persd-refine", Example))
+    # PersD-refine shows the student its own wrong code and the execution feedback
+    refine_ex = run.read("persd-refine", Example)[0]
+    att = next(a for a in attempts if a.task_id == refine_ex.task_id)
+    assert grades[att.attempt_id].feedback.strip()[:40] in refine_ex.prompt[0]["content"]
+
+
+def test_adapter_was_trained_and_evaluated_through_vllm(e2e):
+    tasks, run, summary, *_ = e2e
+    adapter = run.path / "train" / "adapter"
+    assert (adapter / "adapter_config.json").exists()
+    log = [orjson.loads(line) for line in (run.path / "train" / "train-log.jsonl").read_bytes().splitlines()]
+    assert log and log[-1]["loss"] < log[0]["loss"]
+    after = run.read("eval-after-attempts", Attempt)
+    assert after and all(a.adapter == str(adapter) for a in after)
+    before = run.read("eval-before-attempts", Attempt)
+    assert len(before) == 3 * 2  # eval_limit tasks x n samples
+    # the fine-tune changed what the student writes
+    assert [a.completion for a in before] != [a.completion for a in after]
+
+
+def test_resumed_run_repeats_no_work(e2e):
+    tasks, run, summary, again, first, resumed = e2e
+    assert first == summary["teacher"]["refine"]["calls"] + summary["teacher"]["stand"]["calls"]
+    assert resumed == 0
+    assert again["datasets"] == summary["datasets"]
+    assert again["pass_after"] == summary["pass_after"]
