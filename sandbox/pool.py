@@ -1,0 +1,164 @@
+"""SandboxPool: grade batches of Programs on warm, jailed worker processes.
+
+    from engine.records import Program, TestCase
+    from sandbox.config import SandboxConfig
+    from sandbox.pool import SandboxPool
+
+    with SandboxPool(SandboxConfig(workers=2)) as pool:
+        [grade] = pool.grade([Program("p1", "def f(x):\\n    return x + 1\\n",
+                                      (TestCase("assert f(1) == 2", "f(1)", "2"),))])
+        assert grade.passed
+
+The pool starts `config.workers` workers once (launch.py: each a bwrap jail around worker.py)
+and hands programs to whichever is idle; each worker runs one program at a time in a forked,
+rlimited child. Results come back in input order. A worker that dies, wedges past the
+program's timeout + `reply_margin_s`, or breaks the protocol is killed and replaced; the program
+it held is graded SANDBOX_FAULT, never retried. Failing to start a replacement is fatal: the
+next program that needs that worker slot raises RuntimeError.
+
+Two kinds of errors, as in the rest of the engine: a bad program is a Grade (any Status), a
+broken sandbox (no isolation, no worker starts) is an exception.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Sequence
+
+from engine.records import Grade, Program, Status
+from sandbox.config import SandboxConfig
+from sandbox.launch import Launcher, WorkerFailure, WorkerProcess
+from sandbox.protocol import Request, WireTest
+
+log = logging.getLogger(__name__)
+
+
+class SandboxPool:
+    """A fixed set of warm sandbox workers; `grade` / `agrade` batches of Programs on them."""
+
+    def __init__(self, config: SandboxConfig | None = None) -> None:
+        self.config = config or SandboxConfig()
+        self._launcher = Launcher(self.config)
+        # Workers are started from this one long-lived thread: bwrap --die-with-parent ties a
+        # worker's life to the *thread* that forked it, so a short-lived thread would kill it.
+        self._spawner = ThreadPoolExecutor(1, thread_name_prefix="sandbox-spawn")
+        self._graders = ThreadPoolExecutor(self.config.workers, thread_name_prefix="sandbox-grade")
+        self._idle: queue.Queue[WorkerProcess | None] = queue.Queue()   # None: slot to refill
+        self._live: set[WorkerProcess] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._finalizer = weakref.finalize(self, _kill_all, self._live)
+        try:
+            for _ in range(self.config.workers):   # the first decides jail vs. (allowed) no jail
+                self._idle.put(self._spawn())
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def isolated(self) -> bool:
+        """True when programs run inside the bwrap jail (always, unless require_isolation=False)."""
+        return self._launcher.jailed
+
+    def grade(self, programs: Sequence[Program]) -> list[Grade]:
+        """Grade a batch concurrently across the workers; grades come back in input order."""
+        futures = [self._submit(p) for p in programs]
+        return [f.result() for f in futures]
+
+    async def agrade(self, programs: Sequence[Program]) -> list[Grade]:
+        """`grade` for asyncio code: awaits without blocking the event loop."""
+        return list(await asyncio.gather(*(asyncio.wrap_future(self._submit(p))
+                                           for p in programs)))
+
+    def close(self) -> None:
+        """Finish programs in flight, then stop every worker. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._graders.shutdown(wait=True)
+        with self._lock:
+            workers = list(self._live)
+            self._live.clear()
+        for worker in workers:
+            worker.close()
+        # Only now: the spawner thread's exit kills every worker it started (parent-death signal).
+        self._spawner.shutdown(wait=True)
+        self._launcher.close()
+
+    def __enter__(self) -> SandboxPool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------ internals
+
+    def _submit(self, program: Program) -> Future[Grade]:
+        if self._closed:
+            raise RuntimeError("SandboxPool is closed")
+        return self._graders.submit(self._grade_one, program, _request(program))
+
+    def _grade_one(self, program: Program, request: Request) -> Grade:
+        worker = self._idle.get()
+        try:
+            if worker is None:
+                worker = self._spawn()   # raises RuntimeError: the sandbox itself is broken
+            started = time.monotonic()
+            try:
+                reply = worker.call(request, request.timeout_s + self.config.reply_margin_s)
+            except WorkerFailure as exc:
+                worker = self._retire(worker, exc, program)
+                return Grade(program.program_id, Status.SANDBOX_FAULT,
+                             (False,) * len(program.tests), f"Sandbox fault: {exc}"[:500],
+                             time.monotonic() - started)
+            return Grade(program.program_id, Status(reply.status), reply.test_passed,
+                         reply.feedback, reply.duration_s)
+        finally:
+            self._idle.put(worker)
+
+    def _retire(self, worker: WorkerProcess, exc: WorkerFailure,
+                program: Program) -> WorkerProcess | None:
+        """Kill a failed worker and start its replacement; None if that fails (slot to refill)."""
+        worker.kill()
+        log.warning("sandbox worker failed on %s: %s%s", program.program_id, exc,
+                    worker.stderr_tail())
+        with self._lock:
+            self._live.discard(worker)
+        worker.close()
+        try:
+            return self._spawn()
+        except RuntimeError as err:
+            log.error("could not replace a sandbox worker: %s", err)
+            return None
+
+    def _spawn(self) -> WorkerProcess:
+        try:
+            worker = self._spawner.submit(self._launcher.start).result()
+        except WorkerFailure as exc:   # only when running unjailed: there is nothing to fall to
+            raise RuntimeError(f"could not start a sandbox worker: {exc}") from None
+        with self._lock:
+            self._live.add(worker)
+        return worker
+
+
+
+def _request(program: Program) -> Request:
+    """Check a Program where it enters the sandbox and turn it into its wire form."""
+    if not isinstance(program, Program):
+        raise TypeError(f"SandboxPool grades Program records, got {type(program).__name__}")
+    if not program.timeout_s > 0:
+        raise ValueError(f"Program {program.program_id}: timeout_s must be > 0")
+    tests = tuple(WireTest(t.source, t.call, t.expected) for t in program.tests)
+    return Request(program.program_id, program.code, program.setup, tests,
+                   float(program.timeout_s))
+
+
+def _kill_all(workers: set[WorkerProcess]) -> None:
+    """Last resort when a pool is garbage-collected without close()."""
+    for worker in list(workers):
+        worker.kill()

@@ -1,0 +1,444 @@
+"""The sandbox: correct verdicts, hostile programs contained, forged passes refused, HumanEval.
+
+    .venv/bin/python -m pytest tests/test_sandbox.py -q
+
+Uses the session `sandbox_pool` (conftest.py, default config: one worker per CPU) and a few small
+dedicated pools where a test needs one worker or breaks workers on purpose. After every hostile
+program the same pool must still grade a good program correctly.
+"""
+from __future__ import annotations
+
+import ast
+import asyncio
+import collections
+import json
+import os
+import secrets
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.records import Program, Status
+from engine.records import TestCase as Case   # as Case: pytest would try to collect TestCase
+from sandbox.config import SandboxConfig
+from sandbox.pool import SandboxPool
+from sandbox.protocol import Outcome, Request, WireTest
+from sandbox.values import encode, equal
+from sandbox.verdict import ChildEnd, decide
+
+# Set before any pool starts (collection runs before fixtures): no program may read it.
+SECRET = f"sekrit-{secrets.token_hex(8)}"
+os.environ["SANDBOX_TEST_SECRET"] = SECRET
+
+F_TEST = (Case("assert f(1) == 2", "f(1)", "2"),)
+GOOD = "def f(x):\n    return x + 1\n"
+
+
+def make_program(code: str, tests: tuple[Case, ...] = F_TEST, setup: str = "",
+                 timeout_s: float = 5.0, program_id: str = "p") -> Program:
+    return Program(program_id, code, tests, setup, timeout_s)
+
+
+def grade_one(pool: SandboxPool, program: Program):
+    [grade] = pool.grade([program])
+    return grade
+
+
+def assert_still_healthy(pool: SandboxPool) -> None:
+    """Every worker (one good program each, at once) still grades correctly."""
+    grades = pool.grade([make_program(GOOD, program_id=f"good{i}")
+                         for i in range(pool.config.workers)])
+    assert [g.status for g in grades] == [Status.PASSED] * pool.config.workers, grades
+
+
+# ------------------------------------------------------------------------------ correct verdicts
+
+def test_passing_program(sandbox_pool):
+    grade = grade_one(sandbox_pool, make_program(GOOD))
+    assert grade.status is Status.PASSED and grade.test_passed == (True,) and grade.feedback == ""
+
+
+def test_wrong_answer_gives_input_output_expected(sandbox_pool):
+    tests = (Case("assert f(1) == 2", "f(1)", "2"), Case("assert f(2) == 2", "f(2)", "2"))
+    grade = grade_one(sandbox_pool, make_program("def f(x):\n    return 2 * x\n", tests))
+    assert grade.status is Status.FAILED
+    assert grade.test_passed == (True, False)
+    assert grade.feedback == "Input: f(2) Output: 4 Expected: 2"
+
+
+def test_exception_gives_type_and_message(sandbox_pool):
+    grade = grade_one(sandbox_pool, make_program("def f(x):\n    return {}[x]\n"))
+    assert grade.status is Status.ERROR and grade.feedback == "KeyError: 1"
+
+
+def test_syntax_error(sandbox_pool):
+    grade = grade_one(sandbox_pool, make_program("def f(x)\n    return x\n"))
+    assert grade.status is Status.ERROR and grade.feedback.startswith("SyntaxError:")
+
+
+def test_statement_tests_and_assert_messages(sandbox_pool):
+    tests = (Case("assert f(1) == 2"),
+             Case("assert f(2) == 2, 'Input: 2 Output: 3 Expected: 2'"),
+             Case("assert f(3) == 2"))
+    grade = grade_one(sandbox_pool, make_program(GOOD, tests, setup="import math"))
+    assert grade.status is Status.FAILED and grade.test_passed == (True, False, False)
+    assert grade.feedback == "Input: 2 Output: 3 Expected: 2"
+
+
+def test_stdlib_imports_work_in_the_jail(sandbox_pool):
+    code = ("import zlib, xml.dom.minidom, sqlite3, decimal\ndef f(x):\n"
+            "    return len(zlib.compress(b'a')) and x + 1\n")
+    assert grade_one(sandbox_pool, make_program(code)).passed
+
+
+def test_agrade_keeps_input_order(sandbox_pool):
+    programs = [make_program(GOOD if i % 2 else "def f(x):\n    return 0\n", program_id=f"a{i}")
+                for i in range(6)]
+    grades = asyncio.run(sandbox_pool.agrade(programs))
+    assert [g.program_id for g in grades] == [p.program_id for p in programs]
+    assert [g.passed for g in grades] == [bool(i % 2) for i in range(6)]
+
+
+# ------------------------------------------------------------------------------ hostile programs
+
+HOSTILE = {   # name: (code, acceptable statuses, timeout_s)
+    "infinite loop": ("def f(x):\n    while True:\n        pass\n", {Status.TIMEOUT}, 1.5),
+    "20 GB allocation": ("def f(x):\n    return len(bytearray(20 << 30))\n", {Status.MEMORY}, 10),
+    "growing list": ("def f(x):\n    a = []\n    while True:\n        a.append('x' * (1 << 20))\n",
+                     {Status.MEMORY}, 10),
+    "fork bomb": ("import os\ndef f(x):\n    while True:\n        try:\n            os.fork()\n"
+                  "        except OSError:\n            pass\n", {Status.TIMEOUT}, 1.5),
+    "10 GB file": ("def f(x):\n    with open('big', 'wb') as out:\n        for _ in range(10240):\n"
+                   "            out.write(bytes(1 << 20))\n", {Status.ERROR}, 10),
+    "fill /tmp": ("def f(x):\n    for i in range(100):\n"
+                  "        with open(f'/tmp/f{i}', 'wb') as out:\n"
+                  "            for _ in range(60):\n                out.write(bytes(1 << 20))\n",
+                  {Status.ERROR}, 10),
+    "endless output": ("import sys\ndef f(x):\n    while True:\n"
+                       "        sys.stdout.write('x' * 4096)\n", {Status.TIMEOUT}, 1.5),
+    "kill the worker": ("import os, signal\ndef f(x):\n    for pid, sig in ((os.getppid(), 9), "
+                        "(1, 9), (1, signal.SIGSTOP), (1, signal.SIGINT), (-1, 9)):\n"
+                        "        try:\n            os.kill(pid, sig)\n        except OSError:\n"
+                        "            pass\n    return x + 1\n", {Status.PASSED}, 10),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_program_is_contained(sandbox_pool, name):
+    code, statuses, timeout_s = HOSTILE[name]
+    grade = grade_one(sandbox_pool, make_program(code, timeout_s=timeout_s))
+    assert grade.status in statuses, grade
+    assert_still_healthy(sandbox_pool)
+
+
+def test_no_process_survives_a_fork_bomb(sandbox_pool):
+    bomb, _, _ = HOSTILE["fork bomb"]
+    sandbox_pool.grade([make_program(bomb, timeout_s=1.0)] * sandbox_pool.config.workers)
+    census = ("import os\ndef f(x):\n    return sorted(int(p) for p in os.listdir('/proc') "
+              "if p.isdigit() and int(p) != os.getpid())\n")
+    tests = (Case("assert f(1) == [1]", "f(1)", "[1]"),)
+    grades = sandbox_pool.grade([make_program(census, tests)] * sandbox_pool.config.workers)
+    assert all(g.passed for g in grades), grades
+
+
+def test_host_file_cannot_be_deleted(sandbox_pool, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    code = f"import os\ndef f(x):\n    os.remove({str(victim)!r})\n    return x + 1\n"
+    grade = grade_one(sandbox_pool, make_program(code))
+    assert grade.status is Status.ERROR and "FileNotFoundError" in grade.feedback
+    assert victim.read_text() == "keep me"
+    assert_still_healthy(sandbox_pool)
+
+
+def test_parent_environment_is_invisible(sandbox_pool):
+    code = (
+        "import os\n"
+        "def sources():\n"
+        "    found = {'os.environ': repr(dict(os.environ))}\n"
+        "    for pid in ['1', str(os.getppid()), 'self'] + os.listdir('/proc'):\n"
+        "        try:\n"
+        "            with open(f'/proc/{pid}/environ', 'rb') as fh:\n"
+        "                found[pid] = fh.read().decode('utf-8', 'replace')\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "    return found\n"
+        "def leaks():\n"
+        "    return {k: v for k, v in sources().items() if 'SANDBOX_TEST' in v or 'sekrit' in v}\n"
+        "def env_names():\n"
+        "    return sorted(os.environ)\n")
+    tests = (Case("assert leaks() == {}", "leaks()", "{}"),
+             Case("", "env_names()", "['HOME', 'LANG', 'PATH', 'PWD', 'PYTHONDONTWRITEBYTECODE']"))
+    grade = grade_one(sandbox_pool, make_program(code, tests))
+    assert grade.status is Status.PASSED, grade
+    assert SECRET not in grade.feedback
+
+
+def test_network_is_unreachable(sandbox_pool):
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.5)
+    port = listener.getsockname()[1]
+    code = ("import socket\ndef f():\n    try:\n"
+            f"        socket.create_connection(('127.0.0.1', {port}), timeout=2).close()\n"
+            "        return 'connected'\n    except OSError as exc:\n"
+            "        return type(exc).__name__\n")
+    tests = (Case("assert f() != 'connected'"),)
+    with listener:
+        grade = grade_one(sandbox_pool, make_program(code, tests))
+        assert grade.status is Status.PASSED, grade
+        with pytest.raises(socket.timeout):
+            listener.accept()
+    assert_still_healthy(sandbox_pool)
+
+
+def test_daemon_does_not_outlive_its_program(tmp_path):
+    marker = tmp_path / "daemon-was-here"
+    daemon = (
+        "import os, time\n"
+        "def f(x):\n"
+        "    if os.fork() == 0:\n"
+        "        os.setsid()\n"
+        "        if os.fork() == 0:\n"
+        "            time.sleep(2)\n"
+        f"            for path in ({str(marker)!r}, '/tmp/daemon-was-here'):\n"
+        "                try:\n"
+        "                    open(path, 'w').close()\n"
+        "                except OSError:\n"
+        "                    pass\n"
+        "        os._exit(0)\n"
+        "    return x + 1\n")
+    census = ("import os\ndef f(x):\n    return [sorted(int(p) for p in os.listdir('/proc') "
+              "if p.isdigit() and int(p) != os.getpid()), os.listdir('/tmp')]\n")
+    census_tests = (Case("", "f(1)", "[[1], ['program']]"),)
+    with SandboxPool(SandboxConfig(workers=1)) as pool:
+        assert grade_one(pool, make_program(daemon)).status is Status.PASSED
+        time.sleep(3)
+        grade = grade_one(pool, make_program(census, census_tests))
+        assert grade.status is Status.PASSED, grade
+    assert not marker.exists()
+
+
+def test_a_gigabyte_of_output_is_capped_and_does_not_hang(sandbox_pool):
+    code = ("import sys\ndef f(x):\n    line = 'x' * 1023 + '\\n'\n    for _ in range(1 << 20):\n"
+            "        sys.stdout.write(line)\n    return x + 1\n")
+    started = time.monotonic()
+    grade = grade_one(sandbox_pool, make_program(code, timeout_s=20.0))
+    assert grade.status is Status.PASSED, grade
+    assert time.monotonic() - started < 20
+    assert_still_healthy(sandbox_pool)
+
+
+# ------------------------------------------------------------------------------- forged passes
+
+WRONG = "def f(x):\n    return x\n"   # fails F_TEST; each forgery below tries to pass anyway
+FORGERIES = {
+    "sys.exit(0) in body": "import sys\nsys.exit(0)\n",
+    "os._exit(0) in body": "import os\nos._exit(0)\n",
+    "sys.exit(0) in the tested call": "import sys\ndef f(x):\n    sys.exit(0)\n",
+    "atexit os._exit(0)": "import atexit, os\natexit.register(os._exit, 0)\n" + WRONG,
+    "atexit then exit": "import atexit, os, sys\natexit.register(os._exit, 0)\nsys.exit(0)\n",
+    "fake PASS marker": "print('PASSED'); print('{\"k\": \"done\"}')\nimport sys\n"
+                        "sys.stderr.write('all tests passed\\n')\n" + WRONG,
+    "forged frame without nonce": (
+        "import os, struct, json\nmsg = json.dumps({'k': 'done'}).encode()\n"
+        "for fd in range(3, 64):\n    try:\n"
+        "        os.write(fd, struct.pack('>I', len(msg)) + msg)\n"
+        "    except OSError:\n        pass\nos._exit(0)\n"),
+    "close the result channel": "import os\nos.close(3)\n" + WRONG,
+    "flip results via gc and frames": (
+        "import gc, sys\n"
+        "def flip(obj):\n"
+        "    if isinstance(obj, list) and obj and all(isinstance(v, bool) for v in obj):\n"
+        "        obj[:] = [True] * len(obj)\n"
+        "    if isinstance(obj, dict):\n"
+        "        for key in [k for k in obj if k in ('passed', 'ok', 'status', 'r')]:\n"
+        "            obj[key] = True if key != 'r' else 'ok'\n"
+        "for obj in gc.get_objects():\n"
+        "    flip(obj)\n"
+        "frame = sys._getframe()\n"
+        "while frame is not None:\n"
+        "    for value in list(frame.f_locals.values()):\n"
+        "        flip(value)\n"
+        "    frame = frame.f_back\n"
+        "for name in [m for m in sys.modules if 'harness' in m or 'verdict' in m]:\n"
+        "    sys.modules[name].decide = lambda *a, **k: None\n" + WRONG),
+    "patch builtins eval": "import builtins\nbuiltins.eval = lambda *a, **k: 2\n" + WRONG,
+    "always-equal object": "class A:\n    __eq__ = lambda s, o: True\n    __hash__ = None\n"
+                           "def f(x):\n    return A()\n",
+    "int subclass that lies": "class I(int):\n    __eq__ = lambda s, o: True\n"
+                              "def f(x):\n    return I(5)\n",
+}
+
+
+@pytest.mark.parametrize("name", list(FORGERIES))
+def test_forged_pass_is_refused(sandbox_pool, name):
+    grade = grade_one(sandbox_pool, make_program(FORGERIES[name]))
+    assert grade.status is not Status.PASSED, grade
+    assert grade.test_passed == (False,)
+    assert_still_healthy(sandbox_pool)
+
+
+def test_bool_never_equals_an_int(sandbox_pool):
+    tests = (Case("assert f(1) == 1", "f(1)", "1"),)
+    grade = grade_one(sandbox_pool, make_program("def f(x):\n    return True\n", tests))
+    assert grade.status is Status.FAILED
+    assert grade.feedback == "Input: f(1) Output: True Expected: 1"
+
+
+# ----------------------------------------------------------------------- broken or wedged workers
+
+def _jailed_worker_pid(pool: SandboxPool) -> int:
+    """Host pid of the (only) worker's python, the child of its bwrap process."""
+    [worker] = pool._live
+    with open(f"/proc/{worker.proc.pid}/task/{worker.proc.pid}/children") as fh:
+        return int(fh.read().split()[0])
+
+
+@pytest.mark.parametrize("how", ["killed", "wedged"])
+def test_dead_or_wedged_worker_is_replaced(how):
+    config = SandboxConfig(workers=1, reply_margin_s=1.0)
+    with SandboxPool(config) as pool:
+        sleeper = make_program("import time\ndef f(x):\n    time.sleep(30)\n", timeout_s=1.0)
+        victim = _jailed_worker_pid(pool)
+        if how == "killed":
+            threading.Timer(0.3, lambda: os.kill(victim, signal.SIGKILL)).start()
+        else:
+            os.kill(victim, signal.SIGSTOP)
+        grade = grade_one(pool, sleeper)
+        assert grade.status is Status.SANDBOX_FAULT and grade.feedback.startswith("Sandbox fault")
+        assert_still_healthy(pool)
+        assert _gone(victim), "the failed worker outlived its replacement"
+
+
+def _gone(pid: int, within_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                if fh.read().rpartition(")")[2].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+# -------------------------------------------------------------------------- missing isolation
+
+def test_missing_bwrap_is_an_error_when_isolation_is_required():
+    with pytest.raises(RuntimeError, match="bubblewrap not found"):
+        SandboxPool(SandboxConfig(workers=1, bwrap="/nonexistent/bwrap"))
+
+
+def test_missing_bwrap_warns_loudly_when_isolation_is_optional():
+    scratch_dirs = set(Path("/tmp").glob("sandbox-worker-*"))
+    with pytest.warns(RuntimeWarning, match="SANDBOX NOT ISOLATED"):
+        pool = SandboxPool(SandboxConfig(workers=1, bwrap="/nonexistent/bwrap",
+                                         require_isolation=False))
+    with pool:
+        assert not pool.isolated
+        assert grade_one(pool, make_program(GOOD)).passed
+        assert grade_one(pool, make_program(WRONG)).status is Status.FAILED
+    assert set(Path("/tmp").glob("sandbox-worker-*")) == scratch_dirs   # closed cleanly
+
+
+# ------------------------------------------------------------------ pure parts: values, verdict
+
+Point = collections.namedtuple("Point", "x y")
+
+
+class Lying(int):
+    def __eq__(self, other):
+        return True
+
+    __hash__ = int.__hash__
+
+
+@pytest.mark.parametrize("output, expected, same", [
+    (True, 1, False), (1, True, False), (2, 2.0, True), (0.1 + 0.2, 0.3, True),
+    ([1, 2], (1, 2), False), ({"a": 1, "b": 2}, {"b": 2, "a": 1}, True), ({1, 2}, {2, 1}, True),
+    (float("nan"), float("nan"), False), (10 ** 5000, 10 ** 5000, True), ("\ud800", "\ud800", True),
+    (None, 0, False), ([[1, "a"]], [[1, "a"]], True), (b"x", "x", False),
+    (collections.Counter("aab"), {"a": 2, "b": 1}, True), (Point(1, 2), (1, 2), True),
+    (Lying(5), 6, False), (Lying(5), Lying(5), False),
+], ids=lambda v: "bigint" if type(v) is int and v.bit_length() > 64 else None)
+def test_strict_equality(output, expected, same):
+    assert equal(encode(output), encode(expected), None) is same
+
+
+def test_verdict_needs_nonce_order_and_done():
+    request = Request("p", "", "", (WireTest("", "f()", "1"), WireTest("", "f()", "1")), 1.0)
+    ok = {"n": "N", "k": "test", "r": "value", "out": encode(1), "exp": encode(1), "eq": None,
+          "repr": "1"}
+    clean = ChildEnd(exit_code=0, signal=None, timed_out=False, cpu_s=0.0)
+    start = {"n": "N", "k": "start"}
+    good = [start, ok | {"i": 0}, ok | {"i": 1}, {"n": "N", "k": "done"}]
+    assert decide(request, "N", good, clean, 30).status is Outcome.PASSED
+    assert decide(request, "X", good, clean, 30).status is Outcome.ERROR             # wrong nonce
+    assert decide(request, "N", good[1:], clean, 30).status is Outcome.ERROR         # no start
+    assert decide(request, "N", [start] + good[2:], clean, 30).status is Outcome.ERROR  # order
+    assert decide(request, "N", good[:3], clean, 30).status is Outcome.KILLED        # no done
+    short = [start, good[1], good[3]]
+    assert decide(request, "N", short, clean, 30).status is Outcome.ERROR            # done too soon
+    assert decide(request, "N", [], clean, 30).status is Outcome.SANDBOX_FAULT       # never started
+    crashed = ChildEnd(exit_code=None, signal=signal.SIGSEGV, timed_out=False, cpu_s=0.0)
+    assert decide(request, "N", good, crashed, 30).status is Outcome.KILLED
+
+
+def test_outcome_mirrors_status():
+    assert [o.value for o in Outcome] == [s.value for s in Status]
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="sandbox.workers"):
+        SandboxConfig(workers=0)
+    with pytest.raises(ValueError, match="sandbox.uid"):
+        SandboxConfig(uid=0)
+
+
+# ---------------------------------------------------------------------------------- HumanEval
+
+class _Rename(ast.NodeTransformer):
+    def __init__(self, old: str, new: str) -> None:
+        self.old, self.new = old, new
+
+    def visit_Name(self, node: ast.Name) -> ast.Name:
+        return ast.Name(self.new, node.ctx) if node.id == self.old else node
+
+
+def humaneval_program(record: dict, solution: str, program_id: str) -> Program:
+    """HumanEval's `check(candidate)` -> one TestCase per statement, `candidate` renamed to the
+    entry point; the test file's other top-level statements (METADATA, imports) become setup."""
+    module = ast.parse(record["test"])
+    check = next(n for n in module.body if isinstance(n, ast.FunctionDef) and n.name == "check")
+    setup = ast.unparse([n for n in module.body if n is not check])
+    tests = []
+    for statement in check.body:
+        statement = ast.fix_missing_locations(_Rename("candidate", record["entry_point"])
+                                              .visit(statement))
+        call = expected = None
+        test = getattr(statement, "test", None)
+        if (isinstance(statement, ast.Assert) and isinstance(test, ast.Compare)
+                and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
+            call, expected = ast.unparse(test.left), ast.unparse(test.comparators[0])
+        tests.append(Case(ast.unparse(statement), call, expected))
+    return Program(program_id, record["prompt"] + solution, tuple(tests), setup, 10.0)
+
+
+def test_humaneval_canonical_solutions_pass_and_wrong_ones_fail(sandbox_pool, shared_data):
+    records = [json.loads(line) for line in open(Path(shared_data) / "humaneval.jsonl")]
+    assert len(records) == 164
+    right = [humaneval_program(r, r["canonical_solution"], r["task_id"]) for r in records]
+    wrong = [humaneval_program(r, "    return None\n", r["task_id"] + "/wrong") for r in records]
+    started = time.monotonic()
+    grades = sandbox_pool.grade(right + wrong)
+    elapsed = time.monotonic() - started
+    not_passed = [(g.program_id, g.status.value, g.feedback) for g in grades[:164] if not g.passed]
+    assert not_passed == []
+    wrongly_passed = [g.program_id for g in grades[164:] if g.passed]
+    assert wrongly_passed == []
+    assert elapsed < 60, f"328 HumanEval programs took {elapsed:.1f} s"
