@@ -11,6 +11,7 @@ Teacher templates follow the paper's variants (Chen et al. 2023, sec. 3 and appe
 """
 from __future__ import annotations
 
+import ast
 import re
 
 from engine.records import Task
@@ -86,7 +87,29 @@ def extract_code(reply: str, entry_point: str, prompt: str = "") -> str | None:
         return None
     if not defines.search(code) and code.startswith((" ", "\t")) and prompt:
         code = prompt.rstrip("\n") + "\n" + code  # a bare body continues the prompt's signature
-    return code + "\n"
+    return sanitize(code) + "\n"
+
+
+_KEEP = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef,
+         ast.Assign, ast.AnnAssign)
+
+
+def sanitize(code: str) -> str:
+    """Keep the definitions (imports, functions, classes, constants) and drop top-level demo code:
+    prints, the model's own asserts, `if __name__ == "__main__":` blocks. Models often append
+    usage examples; a wrong example must not fail a correct function (evalplus does the same).
+    Code that does not parse is returned as is, so the sandbox reports its SyntaxError."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return code
+    lines = code.splitlines()
+    kept = []
+    for node in tree.body:
+        if isinstance(node, _KEEP):
+            start = min([d.lineno for d in getattr(node, "decorator_list", [])] + [node.lineno])
+            kept.append("\n".join(lines[start - 1:node.end_lineno]))
+    return "\n\n".join(kept) if kept else code
 
 
 def truncate_completion(text: str) -> str:
