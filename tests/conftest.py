@@ -39,8 +39,10 @@ def tiny_model(tmp_path_factory, builtin_tasks) -> Path:
 def student_cfg():
     from engine.config import StudentConfig
 
-    return StudentConfig(model="unused", kv_cache_gb=1, max_model_len=2048, cpu_threads="all",
-                         max_tokens=48)
+    # fp32: the tiny model is cheap either way, and fp32 lets vLLM's greedy output be compared
+    # token for token with transformers + PEFT
+    return StudentConfig(model="unused", dtype="float32", kv_cache_gb=1, max_model_len=2048,
+                         cpu_threads="all", max_tokens=48)
 
 
 @pytest.fixture(scope="session")

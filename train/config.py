@@ -26,6 +26,7 @@ class TrainConfig:
     lr: float = _f(2e-4, "peak learning rate (paper: 1e-4 over many more steps; higher for short runs)")
     warmup_ratio: float = _f(0.1, "fraction of steps with linear warm-up")
     epochs: float = _f(2.0, "passes over the dataset (paper: 2-3)")
+    max_steps: int = _f(0, "stop after this many optimizer steps (0 = as many as epochs give)")
     batch_tokens: int = _f(2048, "tokens per micro-batch, after length-bucketing")
     grad_accum: int = _f(1, "micro-batches per optimizer step")
     max_length: int = _f(1024, "longest example in tokens; longer ones are dropped (and counted)")

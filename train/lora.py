@@ -149,6 +149,8 @@ def train(data: Path, model_path: str, out: Path, cfg: TrainConfig) -> Path:
     lengths = [len(e[0]) for e in encoded]
     per_epoch = len(buckets(lengths, cfg.batch_tokens, 0))
     total_steps = max(1, math.ceil(per_epoch * cfg.epochs / cfg.grad_accum))
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
     warmup = int(total_steps * cfg.warmup_ratio)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(
         (s + 1) / max(warmup, 1), max(0.0, (total_steps - s) / max(total_steps - warmup, 1))))
@@ -163,6 +165,8 @@ def train(data: Path, model_path: str, out: Path, cfg: TrainConfig) -> Path:
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         step, log_rows = state["step"], state["log"]
+        # the log restarts from the checkpoint: steps after it were lost with the kill
+        (out / "train-log.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in log_rows))
         print(f"[train] resumed from step {step}", file=sys.stderr)
 
     def save_checkpoint() -> None:

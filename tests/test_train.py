@@ -1,0 +1,84 @@
+"""The LoRA trainer: completion-only loss, loss goes down, resume after a kill."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import orjson
+import pytest
+
+from train.config import TrainConfig
+from train.lora import DataError, load_examples, tokenize, train
+
+
+def write_examples(path, count: int) -> None:
+    rows = []
+    for i in range(count):
+        rows.append({"prompt": [{"role": "user", "content": f"Write f{i % 7}(x) returning x + {i % 7}."}],
+                     "completion": [{"role": "assistant",
+                                     "content": f"```python\ndef f{i % 7}(x):\n    return x + {i % 7}\n```"}]})
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+
+
+def test_prompt_tokens_carry_no_loss(tiny_model, tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    data = tmp_path / "d.jsonl"
+    write_examples(data, 1)
+    ex = load_examples(data)[0]
+    ids, labels = tokenize(tok, ex, 1024)
+    prompt_ids = tok.apply_chat_template(ex["prompt"], tokenize=True, add_generation_prompt=True)
+    prompt_ids = prompt_ids["input_ids"] if isinstance(prompt_ids, dict) else prompt_ids
+    n = len(prompt_ids)
+    assert labels[:n] == [-100] * n
+    assert labels[n:] == ids[n:] and len(ids) > n
+    assert tok.decode(ids[n:]).startswith("```python")
+    assert tokenize(tok, ex, 5) is None  # too long: dropped, not truncated
+
+
+def test_loss_goes_down(tiny_model, tmp_path):
+    data = tmp_path / "d.jsonl"
+    write_examples(data, 14)
+    cfg = TrainConfig(epochs=6, lr=3e-3, batch_tokens=512, save_every=1000)
+    adapter = train(data, str(tiny_model), tmp_path / "out", cfg)
+    log = [orjson.loads(x) for x in (tmp_path / "out" / "train-log.jsonl").read_bytes().splitlines()]
+    assert log[-1]["loss"] < 0.8 * log[0]["loss"]
+    assert (adapter / "adapter_config.json").exists()
+    assert (tmp_path / "out" / "loss.svg").read_text().startswith("<svg")
+
+
+def test_resume_after_kill_continues_from_checkpoint(tiny_model, tmp_path):
+    data = tmp_path / "d.jsonl"
+    write_examples(data, 300)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "train.lora", "--data", str(data), "--model", str(tiny_model),
+            "--out", str(out), "--batch_tokens", "64", "--epochs", "1", "--save_every", "10"]
+    proc = subprocess.Popen(args, stderr=subprocess.DEVNULL)
+    state = out / "checkpoint" / "state.pt"
+    deadline = time.monotonic() + 120
+    while not state.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    steps_before = [orjson.loads(x)["step"] for x in (out / "train-log.jsonl").read_bytes().splitlines()]
+    done = subprocess.run(args, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resumed from step" in done.stderr
+    resumed_at = int(done.stderr.split("resumed from step ")[1].split()[0])
+    assert resumed_at >= 10 and resumed_at % 10 == 0 and resumed_at <= max(steps_before)
+    log = [orjson.loads(x)["step"] for x in (out / "train-log.jsonl").read_bytes().splitlines()]
+    assert log == list(range(1, len(log) + 1))  # one row per step, no repeats after the resume
+    assert len(log) > resumed_at
+    assert (out / "adapter" / "adapter_config.json").exists()
+
+
+def test_bad_training_file_names_file_and_line(tmp_path):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a"}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: missing field 'completion'"):
+        load_examples(data)
