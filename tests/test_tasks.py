@@ -21,6 +21,8 @@ def test_shared_humaneval_and_mbpp_load(shared_data):
     assert len(he) == 164 and len(mbpp) == 974
     assert mbpp[0].task_id == "MBPP/601" and len(mbpp[0].tests) == 3
     assert mbpp[0].seen_tests == mbpp[0].tests[:1]
+    test_split = load_tasks(f"mbpp-test:{shared_data / 'mbpp.jsonl'}")
+    assert len(test_split) == 500 and test_split[0].task_id == "MBPP/11"
 
 
 def test_assert_split_into_call_and_expected():
