@@ -33,10 +33,14 @@ class SandboxConfig:
     cpu_s: int = _f(30, "CPU-time limit (RLIMIT_CPU) per program, s; a backstop to the wall clock")
     file_size_mb: int = _f(64, "largest file a program may write (RLIMIT_FSIZE), MiB")
     tmp_size_mb: int = _f(256, "size cap of each worker's private /tmp (a bwrap tmpfs), MiB")
+    cgroup_headroom_mb: int = _f(256, "memory limit of each worker's cgroup, where cgroups are "
+                                 "writable, beyond memory_mb + tmp_size_mb (room for the worker "
+                                 "itself and kernel memory), MiB")
     max_output_kb: int = _f(64, "stdout+stderr kept per program, KiB; the rest is read and dropped")
     max_open_files: int = _f(64, "open file descriptors per program (RLIMIT_NOFILE)")
-    max_processes: int = _f(64, "processes of the sandbox uid a program may reach (RLIMIT_NPROC); "
-                            "what a fork bomb runs into")
+    max_processes: int = _f(64, "processes and threads of the sandbox uid a program may reach "
+                            "(RLIMIT_NPROC; seccomp already denies new processes); each worker's "
+                            "cgroup, where writable, gets pids.max = this + 16")
     timeout_s: float = _f(10.0, "wall-clock limit per program, s, for Programs built by the "
                           "engine (the pool enforces each Program's own timeout_s)")
     reply_margin_s: float = _f(10.0, "extra wait for a worker's reply past a program's timeout "
@@ -44,12 +48,14 @@ class SandboxConfig:
     uid: int = _f(65534, "unprivileged uid programs run as (65534 = nobody)")
     gid: int = _f(65534, "unprivileged gid programs run as (65534 = nogroup)")
     bwrap: str = _f("bwrap", "bubblewrap executable: a name on PATH or a path")
-    require_isolation: bool = _f(True, "refuse to run without the bwrap jail; false: warn loudly "
-                                 "and run programs unjailed (forked, rlimited, nothing more)")
+    require_isolation: bool = _f(True, "refuse to run without the bwrap jail, its namespaces or "
+                                 "the seccomp filter; false: warn loudly and run programs with "
+                                 "whatever works (Landlock and cgroups only ever warn)")
 
     def __post_init__(self) -> None:
         positive = ("workers", "memory_mb", "cpu_s", "file_size_mb", "tmp_size_mb",
-                    "max_output_kb", "max_open_files", "max_processes", "uid", "gid")
+                    "cgroup_headroom_mb", "max_output_kb", "max_open_files", "max_processes",
+                    "uid", "gid")
         for name in positive:
             value = getattr(self, name)
             if type(value) is not int or value <= 0:

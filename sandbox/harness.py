@@ -1,12 +1,13 @@
 """The child side: the only code that runs in the same process as a program under test.
 
 The worker forks a child per program and calls `run_child`, which never returns. The child
-confines itself (own process group, rlimits, private working directory, every inherited fd closed
-except stdin=/dev/null, stdout/stderr=a capped pipe and fd 3=the result channel), then runs
-`setup`, the program and each test, one at a time, in one namespace, and streams one message per
-test to the worker. It decides nothing: it reports values and exceptions, and the worker (see
-verdict.py) turns them into a verdict, so a program that exits early, prints a fake marker,
-flips a result list in memory or returns an always-equal object does not pass.
+confines itself (own process group, private working directory, Landlock, every inherited fd
+closed except stdin=/dev/null, stdout/stderr=a capped pipe and fd 3=the result channel, rlimits,
+and last the seccomp filter; see confine.py), then runs `setup`, the program and each test, one
+at a time, in one namespace, and streams one message per test to the worker. It decides nothing:
+it reports values and exceptions, and the worker (see verdict.py) turns them into a verdict, so
+a program that exits early, prints a fake marker, flips a result list in memory or returns an
+always-equal object does not pass.
 
 Messages (each a frame on fd 3 carrying the run's nonce `n` and a kind `k`):
 
@@ -19,8 +20,9 @@ Messages (each a frame on fd 3 carrying the run's nonce `n` and a kind `k`):
 
 What this does NOT protect against: untrusted code shares the process with this harness, so a
 program written *against this harness* can find the nonce and fd 3 in memory and forge messages.
-The jail (bwrap, see launch.py) bounds what such a program can do to the host; only the verdict
-of that one program is at risk.
+The jail (bwrap, see launch.py), Landlock and seccomp bound what such a program can do to the
+host; only the verdict of that one program is at risk. Programs that legitimately start processes
+(`subprocess`, `os.system`, `multiprocessing`) fail under seccomp: that is intended.
 
 Runs in the jail: stdlib and orjson only.
 """
@@ -32,10 +34,13 @@ import os
 import resource
 import signal
 import sys
+import tempfile
 import traceback
 from contextlib import suppress
+from dataclasses import dataclass
 from typing import Any, Callable, NoReturn
 
+from sandbox.confine import Confinement
 from sandbox.protocol import Request, WorkerLimits, write_frame_fd
 from sandbox.values import encode, type_name
 
@@ -50,11 +55,29 @@ Send = Callable[..., None]
 _compile, _eval, _exec = compile, eval, exec
 
 
+@dataclass(frozen=True)
+class ChildSetup:
+    """What every child needs, worked out once in the worker (`prepare`) instead of per fork:
+    after a fork each first write to a shared page costs a copy-on-write fault."""
+
+    workdir: str                      # the programs' working directory, the one place to write
+    confinement: Confinement          # seccomp filter and Landlock ruleset (confine.py)
+    our_modules: tuple[str, ...]      # sandbox.* names to drop from sys.modules
+
+
+def prepare(workdir: str, confinement: Confinement) -> ChildSetup:
+    """In the worker, once, after its imports and before the first fork."""
+    os.environ["HOME"] = os.environ["TMPDIR"] = workdir   # inherited by every child
+    tempfile.tempdir = workdir
+    ours = tuple(m for m in sys.modules if m == "sandbox" or m.startswith("sandbox."))
+    return ChildSetup(workdir, confinement, ours)
+
+
 def run_child(request: Request, limits: WorkerLimits, nonce: str, result_fd: int,
-              output_fd: int, workdir: str) -> NoReturn:
+              output_fd: int, setup: ChildSetup) -> NoReturn:
     """Entry point in the freshly forked child; exits the process, never returns."""
     try:
-        _confine(limits, result_fd, output_fd, workdir)
+        _confine(limits, result_fd, output_fd, setup)
         send = _sender(nonce)
         send("start")   # before any program code: its absence is the sandbox's fault
     except BaseException:
@@ -67,9 +90,12 @@ def run_child(request: Request, limits: WorkerLimits, nonce: str, result_fd: int
     os._exit(0)   # never run atexit handlers or finalizers the program registered
 
 
-def _confine(limits: WorkerLimits, result_fd: int, output_fd: int, workdir: str) -> None:
+def _confine(limits: WorkerLimits, result_fd: int, output_fd: int, setup: ChildSetup) -> None:
     os.setpgid(0, 0)   # the worker kills this group (and, as pid 1, everything else) when done
     signal.signal(signal.SIGINT, signal.default_int_handler)   # the worker ignores it; undo that
+    os.chdir(setup.workdir)
+    os.umask(0o077)
+    setup.confinement.restrict_files()   # Landlock; before the dup2s below reuse fd numbers
     devnull = os.open("/dev/null", os.O_RDONLY)
     os.dup2(devnull, 0)
     os.dup2(output_fd, 1)
@@ -79,21 +105,20 @@ def _confine(limits: WorkerLimits, result_fd: int, output_fd: int, workdir: str)
     sys.stdin = sys.__stdin__ = open(0, closefd=False)
     sys.stdout = sys.__stdout__ = open(1, "w", errors="backslashreplace", closefd=False)
     sys.stderr = sys.__stderr__ = open(2, "w", errors="backslashreplace", closefd=False)
-    os.chdir(workdir)
-    os.umask(0o077)
     mib = 1 << 20
     for limit, value in (
         (resource.RLIMIT_AS, limits.memory_mb * mib),
         (resource.RLIMIT_FSIZE, limits.file_size_mb * mib),
         (resource.RLIMIT_NOFILE, limits.max_open_files),
-        (resource.RLIMIT_NPROC, limits.max_processes),
+        (resource.RLIMIT_NPROC, limits.max_processes),   # behind seccomp: threads count too
         (resource.RLIMIT_CORE, 0),
     ):
         resource.setrlimit(limit, (value, value))
     # Soft limit sends SIGXCPU; the hard limit one second later is a SIGKILL it cannot catch.
     resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 1))
-    for name in [m for m in sys.modules if m == "sandbox" or m.startswith("sandbox.")]:
-        del sys.modules[name]   # nothing for `import sandbox.harness` to patch
+    for name in setup.our_modules:
+        sys.modules.pop(name, None)   # nothing for `import sandbox.harness` to patch
+    setup.confinement.filter_syscalls()   # seccomp, last: nothing above may need a denied call
 
 
 def _max_fd() -> int:

@@ -7,10 +7,16 @@ prefix read-only, the worker's own modules and orjson read-only under /sandbox, 
 worker is pid 1 of its namespace (`--as-pid-1`, see worker.py for why).
 
 Why no user namespace when we are root: a user namespace made by root maps the jail's uid onto
-host uid 0, and the kernel exempts uid 0 from RLIMIT_NPROC, so fork bombs would not stop. So as
-root bwrap keeps only CAP_SETUID/CAP_SETGID and the worker drops to the real, unprivileged
+host uid 0, and the kernel exempts uid 0 from RLIMIT_NPROC, so thread bombs would not stop. So
+as root bwrap keeps only CAP_SETUID/CAP_SETGID and the worker drops to the real, unprivileged
 `uid`/`gid` itself (which also clears those capabilities). Not root: bwrap makes a user
 namespace as usual (`--unshare-all --uid --gid`).
+
+Isolation layers, each reported in `Mechanisms` (the first worker's Hello decides; later workers
+must match): bwrap and namespaces (checked in `_check`), seccomp and Landlock (built and probed
+by the worker, see confine.py; Landlock's read-only paths come from `_limits`), cgroups (one per
+worker, cgroups.py). `enforce`: with `require_isolation`, a missing bwrap, namespaces or seccomp
+is a RuntimeError naming it; every other missing layer is a loud warning, once per pool.
 
     python -c "from sandbox.launch import *; from sandbox.config import SandboxConfig as C; \\
         print(' '.join(Launcher(C()).argv))"
@@ -28,21 +34,62 @@ import tempfile
 import time
 import warnings
 from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
+from sandbox.cgroups import Cgroups, WorkerCgroup
 from sandbox.config import SandboxConfig
 from sandbox.protocol import (HEADER, MAX_FRAME, Hello, Outcome, ProtocolError, Reply, Request,
                               WorkerLimits, encode_frame, from_wire, to_wire)
 
 log = logging.getLogger(__name__)
 
-JAIL_MODULES = ("protocol.py", "values.py", "harness.py", "verdict.py", "worker.py")
+JAIL_MODULES = ("protocol.py", "values.py", "harness.py", "verdict.py", "worker.py", "confine.py")
 LIB, DEPS = "/sandbox/lib", "/sandbox/deps"   # in the jail: our modules, and orjson
 BOOT = "import sys; sys.path[:0] = [{lib!r}, {deps!r}]; from sandbox.worker import main; main()"
 HELLO_TIMEOUT_S = 30.0
 NO_CAPS = "0000000000000000"
+SYSTEM_DIRS = ("/usr", "/bin", "/lib", "/lib64", "/sbin")
+PIDS_HEADROOM = 16   # pids.max of a worker's cgroup = max_processes + this (the worker itself)
+REQUIRED = ("bwrap", "namespaces", "seccomp")   # missing one of these + require_isolation: error
+WITHOUT = {   # what a missing mechanism leaves open, for the warning
+    "namespaces": "programs share the host's pids and network",
+    "seccomp": "programs may fork, exec, open sockets, ptrace and unshare",
+    "landlock": "programs may write wherever the sandbox uid can (in the jail: its /tmp) and "
+                "open TCP connections where a network is reachable",
+    "cgroups": "a worker's memory and processes are bounded by per-program rlimits only",
+}
+
+
+@dataclass(frozen=True)
+class Mechanisms:
+    """Which isolation layers this pool's programs run under (`pool.mechanisms`)."""
+
+    bwrap: bool        # the worker runs in a bubblewrap jail: own root, read-only system dirs
+    namespaces: bool   # own pid/net/ipc/uts namespaces, checked from inside (pid 1, only `lo`)
+    seccomp: bool      # confine.py's syscall filter, probed by the worker
+    landlock: bool     # confine.py's filesystem (and, ABI >= 4, TCP) rules, probed by the worker
+    cgroups: bool      # each worker in its own cgroup with memory and pids limits (cgroups.py)
+    landlock_abi: int = 0                            # the kernel's Landlock ABI; 0 = none
+    why_missing: tuple[tuple[str, str], ...] = ()    # (mechanism, reason) for each one off
+
+    def as_dict(self) -> dict[str, bool]:
+        return {name: getattr(self, name) for name in (*REQUIRED, "landlock", "cgroups")}
+
+
+def enforce(mechanisms: Mechanisms, require_isolation: bool) -> None:
+    """Refuse a pool without a required mechanism; otherwise warn, loudly, about each one off."""
+    missing = [(name, why) for name, why in mechanisms.why_missing if name in REQUIRED]
+    if require_isolation and missing:
+        raise RuntimeError(
+            "sandbox isolation unavailable: " + "; ".join(f"{n}: {why}" for n, why in missing)
+            + ". Set sandbox.require_isolation=false to run programs without "
+            + ", ".join(n for n, _ in missing))
+    for name, why in mechanisms.why_missing:
+        if name != "bwrap":   # that one has its own warning (Launcher.start)
+            log.warning("SANDBOX: %s IS NOT ACTIVE (%s): %s", name.upper(), why, WITHOUT[name])
 
 
 class WorkerFailure(Exception):
@@ -54,54 +101,99 @@ class Launcher:
 
     def __init__(self, config: SandboxConfig) -> None:
         self.config = config
-        self.limits = WorkerLimits(
-            memory_mb=config.memory_mb, cpu_s=config.cpu_s, file_size_mb=config.file_size_mb,
-            max_open_files=config.max_open_files, max_processes=config.max_processes,
-            max_output_kb=config.max_output_kb, uid=config.uid, gid=config.gid)
         self.python = os.path.realpath(sys.executable)
         self.prefix = os.path.realpath(sys.base_prefix)
         self._tmp = tempfile.TemporaryDirectory(prefix="sandbox-lib-")
         self.lib, self.deps = _lay_out_modules(Path(self._tmp.name))
         self.jailed = True
         self.argv = self._jail_argv()
+        self.mechanisms: Mechanisms | None = None   # set by the first worker that starts
+        self._no_jail = ""                          # why bwrap did not work, when it did not
+        memory_mb = config.memory_mb + config.tmp_size_mb + config.cgroup_headroom_mb
+        self.cgroups = Cgroups(memory_mb << 20, config.max_processes + PIDS_HEADROOM)
 
     def start(self) -> WorkerProcess:
         """Start one worker and check its Hello; the first failure decides jail vs. no jail."""
-        if not self.jailed:
-            return self._start(self._direct_argv())
-        bwrap = shutil.which(self.config.bwrap)
-        try:
-            if bwrap is None:
-                raise WorkerFailure(f"bubblewrap not found: no {self.config.bwrap!r} on PATH")
-            return self._start(self.argv)
-        except WorkerFailure as exc:
-            if self.config.require_isolation:
-                raise RuntimeError(
-                    f"sandbox isolation unavailable: {exc}. Install bubblewrap with user/pid/net "
-                    "namespaces enabled, or set sandbox.require_isolation=false to run "
-                    "programs WITHOUT a jail") from None
-            message = (f"SANDBOX NOT ISOLATED: {exc}. Programs run unjailed: forked with rlimits "
-                       "and a private scratch directory only; they can see the host filesystem "
-                       "and network and can signal each other (require_isolation=false).")
-            log.warning(message)
-            warnings.warn(message, RuntimeWarning, stacklevel=2)
-            self.jailed = False
-            return self._start(self._direct_argv())
+        if self.jailed:
+            bwrap = shutil.which(self.config.bwrap)
+            try:
+                if bwrap is None:
+                    raise WorkerFailure(f"bubblewrap not found: no {self.config.bwrap!r} on PATH")
+                return self._start(self.argv)
+            except WorkerFailure as exc:
+                if self.mechanisms is not None:   # the jail worked before: this worker failed
+                    raise
+                if self.config.require_isolation:
+                    raise RuntimeError(
+                        f"sandbox isolation unavailable: bwrap: {exc}. Install bubblewrap with "
+                        "user/pid/net namespaces enabled, or set sandbox.require_isolation=false "
+                        "to run programs WITHOUT a jail") from None
+                message = (f"SANDBOX NOT ISOLATED: {exc}. Programs run unjailed: forked with "
+                           "rlimits, seccomp and Landlock where the kernel has them, in a private "
+                           "scratch directory; they share the host's pids and network "
+                           "(require_isolation=false).")
+                log.warning(message)
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
+                self.jailed = False
+                self._no_jail = str(exc)
+        return self._start(self._direct_argv())
 
     def close(self) -> None:
+        self.cgroups.close()
         self._tmp.cleanup()
 
     def _start(self, argv: list[str]) -> WorkerProcess:
         worker = WorkerProcess(argv, env=None if self.jailed else _clean_env())
         try:
-            worker.send(to_wire(self.limits))
+            worker.send(to_wire(self._limits()))
             hello = from_wire(Hello, worker.receive(time.monotonic() + HELLO_TIMEOUT_S))
             if self.jailed:
                 self._check(hello)
-        except (WorkerFailure, ProtocolError) as exc:
+            found = self._mechanisms(hello)
+            if self.mechanisms is None:
+                enforce(found, self.config.require_isolation)
+                self.mechanisms = found
+            elif found != self.mechanisms:
+                raise WorkerFailure(f"worker reports isolation {found.as_dict()}, the pool "
+                                    f"started with {self.mechanisms.as_dict()}")
+            if self.cgroups.active:
+                worker.cgroup = self.cgroups.new_worker_group()
+                worker.cgroup.add(worker.worker_pid(self.jailed))
+        except (WorkerFailure, ProtocolError, OSError) as exc:
             worker.kill()   # first, so its stderr is complete
             raise WorkerFailure(f"{exc}{worker.stderr_tail()}") from None
+        except BaseException:
+            worker.kill()
+            raise
         return worker
+
+    def _limits(self) -> WorkerLimits:
+        cfg = self.config
+        # /proc: programs may list processes and read their own entries; other processes'
+        # environ and memory stay closed (ptrace access rules, which Landlock confines further).
+        # Not /etc (absent in the jail; unjailed it would expose the host's configuration).
+        ours = "/sandbox" if self.jailed else str(self.lib.parent)
+        return WorkerLimits(
+            memory_mb=cfg.memory_mb, cpu_s=cfg.cpu_s, file_size_mb=cfg.file_size_mb,
+            max_open_files=cfg.max_open_files, max_processes=cfg.max_processes,
+            max_output_kb=cfg.max_output_kb, uid=cfg.uid, gid=cfg.gid,
+            read_paths=(*SYSTEM_DIRS, self.prefix, ours, "/proc"))
+
+    def _mechanisms(self, hello: Hello) -> Mechanisms:
+        why = []
+        if not self.jailed:
+            why += [("bwrap", self._no_jail), ("namespaces", "no bwrap jail")]
+        if hello.seccomp_error:
+            why.append(("seccomp", hello.seccomp_error))
+        if hello.landlock_error:
+            why.append(("landlock", hello.landlock_error))
+        if not self.cgroups.active:
+            why.append(("cgroups", self.cgroups.reason))
+        off = {name for name, _ in why}
+        return Mechanisms(
+            bwrap=self.jailed, namespaces=self.jailed, seccomp="seccomp" not in off,
+            landlock="landlock" not in off, cgroups="cgroups" not in off,
+            landlock_abi=hello.landlock_abi, why_missing=tuple(why))
 
     def _check(self, hello: Hello) -> None:
         """Refuse a jail that is not what we asked for, naming the part that is missing."""
@@ -200,6 +292,16 @@ class WorkerProcess:
                                      stderr=self._stderr, env=env, start_new_session=True)
         self._out = self.proc.stdout.fileno()
         self._buf = bytearray()
+        self.cgroup: WorkerCgroup | None = None   # removed when the worker is killed
+
+    def worker_pid(self, jailed: bool) -> int:
+        """Host pid of the worker's python: bwrap's child when jailed, else our child."""
+        if not jailed:
+            return self.proc.pid
+        children = _children(self.proc.pid)
+        if not children:
+            raise WorkerFailure("bwrap has no child process")
+        return children[0]
 
     def call(self, request: Request, timeout_s: float) -> Reply:
         """Grade one program; raises WorkerFailure if no valid reply comes within timeout_s."""
@@ -278,3 +380,6 @@ class WorkerProcess:
                 stream.close()
             except OSError:
                 pass
+        if self.cgroup is not None:
+            self.cgroup.remove()
+            self.cgroup = None

@@ -9,11 +9,14 @@
                                       (TestCase("assert f(1) == 2", "f(1)", "2"),))])
         assert grade.passed
 
-The pool starts `config.workers` workers once (launch.py: each a bwrap jail around worker.py)
-and hands programs to whichever is idle; each worker runs one program at a time in a forked,
-rlimited child. Results come back in input order. A worker that dies, wedges past the
-program's timeout + `reply_margin_s`, or breaks the protocol is killed and replaced; the program
-it held is graded SANDBOX_FAULT, never retried. Failing to start a replacement is fatal: the
+The pool starts `config.workers` workers once (launch.py: each a bwrap jail around worker.py,
+in its own cgroup where cgroups are writable) and hands programs to whichever is idle; each
+worker runs one program at a time in a forked child confined by rlimits, Landlock and seccomp
+(confine.py). `pool.mechanisms` says which of these layers are active; a missing one is a loud
+warning, or an error for bwrap, namespaces and seccomp when `require_isolation` is set.
+Results come back in input order. A worker that dies, wedges past the program's timeout +
+`reply_margin_s`, or breaks the protocol is killed and replaced; the program it held is graded
+SANDBOX_FAULT, never retried. Failing to start a replacement is fatal: the
 next program that needs that worker slot raises RuntimeError.
 
 Two kinds of errors, as in the rest of the engine: a bad program is a Grade (any Status), a
@@ -32,7 +35,7 @@ from typing import Sequence
 
 from engine.records import Grade, Program, Status
 from sandbox.config import SandboxConfig
-from sandbox.launch import Launcher, WorkerFailure, WorkerProcess
+from sandbox.launch import Launcher, Mechanisms, WorkerFailure, WorkerProcess
 from sandbox.protocol import Request, WireTest
 
 log = logging.getLogger(__name__)
@@ -52,7 +55,7 @@ class SandboxPool:
         self._live: set[WorkerProcess] = set()
         self._lock = threading.Lock()
         self._closed = False
-        self._finalizer = weakref.finalize(self, _kill_all, self._live)
+        self._finalizer = weakref.finalize(self, _kill_all, self._live, self._launcher)
         try:
             for _ in range(self.config.workers):   # the first decides jail vs. (allowed) no jail
                 self._idle.put(self._spawn())
@@ -64,6 +67,16 @@ class SandboxPool:
     def isolated(self) -> bool:
         """True when programs run inside the bwrap jail (always, unless require_isolation=False)."""
         return self._launcher.jailed
+
+    @property
+    def mechanisms(self) -> Mechanisms:
+        """Which isolation layers are active: bwrap, namespaces, seccomp, landlock, cgroups.
+
+            >>> pool.mechanisms.as_dict()
+            {'bwrap': True, 'namespaces': True, 'seccomp': True, 'landlock': True, 'cgroups': True}
+        """
+        assert self._launcher.mechanisms is not None   # set by the first worker, in __init__
+        return self._launcher.mechanisms
 
     def grade(self, programs: Sequence[Program]) -> list[Grade]:
         """Grade a batch concurrently across the workers; grades come back in input order."""
@@ -158,7 +171,8 @@ def _request(program: Program) -> Request:
                    float(program.timeout_s))
 
 
-def _kill_all(workers: set[WorkerProcess]) -> None:
-    """Last resort when a pool is garbage-collected without close()."""
+def _kill_all(workers: set[WorkerProcess], launcher: Launcher) -> None:
+    """Last resort when a pool is garbage-collected without close(), or at exit."""
     for worker in list(workers):
         worker.kill()
+    launcher.close()

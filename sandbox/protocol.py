@@ -55,6 +55,7 @@ class WorkerLimits:
     max_output_kb: int    # stdout+stderr kept per program, KiB; the rest is read and dropped
     uid: int              # uid the worker drops to when it starts as root
     gid: int              # gid the worker drops to when it starts as root
+    read_paths: tuple[str, ...]   # what Landlock lets a program read (and execute); see confine.py
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,9 @@ class Hello:
     no_new_privs: bool
     cap_eff: str              # CapEff from /proc/self/status, hex; "0000000000000000" = none
     net_interfaces: tuple[str, ...]   # from /proc/net/dev; ("lo",) inside a fresh net namespace
+    seccomp_error: str        # "" when the syscall filter works (probed), else why not
+    landlock_error: str       # "" when the Landlock ruleset works (probed), else why not
+    landlock_abi: int         # the kernel's Landlock ABI version; 0 without Landlock
 
 
 @dataclass(frozen=True)

@@ -8,21 +8,28 @@ launch.py starts it under bwrap (as pid 1 of its own pid namespace) as
 and `python -c "from sandbox.launch import Launcher; ..."` prints the whole bwrap command line.
 
 It reads a WorkerLimits frame, pre-imports common modules (so a fork is all a program costs),
-drops to the unprivileged uid/gid, says Hello, then loops: read a Request frame, fork a child that
-runs it (harness.py), watch the child against the wall clock, kill and reap everything the child
-left behind, wipe the scratch directory, decide the verdict (verdict.py), write a Reply frame.
+builds the seccomp filter and Landlock ruleset (confine.py) while still root, drops to the
+unprivileged uid/gid, makes the programs' working directory (`/tmp/program`, kept for the
+worker's life and emptied after each program), probes both mechanisms in throwaway children,
+says Hello (which reports what works), then loops: read a Request frame, fork a child that
+confines itself and runs it (harness.py), watch the child against the wall clock, kill and reap
+everything the child left behind, wipe the scratch directory, decide the verdict (verdict.py),
+write a Reply frame.
 
 Why pid 1: the kernel drops signals sent to a namespace's init from inside the namespace unless
 init handles them, so a program cannot `os.kill(os.getppid(), 9)` its worker, `kill(-1, 9)` spares
 it, and `kill(-1, SIGKILL)` from the worker removes every process a program started, daemons
-that called setsid included. Without bwrap (require_isolation=False) the worker is not pid 1; it
-becomes a child subreaper instead and kills its descendants one by one, and a program can kill it.
+that called setsid included (with seccomp, a program cannot start processes at all; this is the
+second layer). Without bwrap (require_isolation=False) the worker is not pid 1; it becomes a child
+subreaper instead and kills its descendants one by one, and a program can kill it unless Landlock
+(ABI >= 6) scopes its signals.
 
 Runs in the jail: stdlib and orjson only.
 """
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import gc
 import importlib
 import os
@@ -35,6 +42,7 @@ import time
 from contextlib import suppress
 
 from sandbox import harness
+from sandbox.confine import Confinement
 from sandbox.protocol import (FrameDecoder, Hello, Outcome, ProtocolError, Reply, Request,
                               WorkerLimits, from_wire, read_frame, to_wire, write_frame)
 from sandbox.verdict import ChildEnd, decide
@@ -47,6 +55,8 @@ PREIMPORTS = (
     "textwrap", "unicodedata", "sys", "os", "time", "queue", "threading", "struct", "ast",
 )
 RESULT_BYTES = 32 << 20   # most bytes a child may send on the result channel per program
+RESULT_PIPE_BYTES = 1 << 20   # capacity asked for the result pipe (F_SETPIPE_SZ; the default max)
+DRAIN_S = 0.05                # s between reads of the result pipe while a child runs
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
 
 
@@ -63,31 +73,40 @@ def main() -> None:
     for module in PREIMPORTS:
         importlib.import_module(module)
     gc.freeze()   # children's collections skip these objects, so they stay shared after fork
-    _drop_privileges(limits)
     isolated = os.getpid() == 1
+    # Built while still root, so it can open every path it allows (/root/... included).
+    confinement = Confinement.build(limits.read_paths)
+    _drop_privileges(limits)
     _harden(isolated)
     scratch = "/tmp" if isolated else tempfile.mkdtemp(prefix="sandbox-worker-")
-    write_frame(replies, to_wire(_hello()))
+    workdir = os.path.join(scratch, "program")   # the one directory programs may write to
+    os.mkdir(workdir, 0o700)
+    confinement.allow_workdir(workdir)
+    confinement.probe(workdir, scratch)
+    _wipe(scratch, workdir)
+    setup = harness.prepare(workdir, confinement)
+    write_frame(replies, to_wire(_hello(confinement)))
     while (frame := read_frame(requests)) is not None:
         request = from_wire(Request, frame)
-        write_frame(replies, to_wire(grade(request, limits, scratch)))
+        write_frame(replies, to_wire(grade(request, limits, scratch, setup)))
     if not isolated:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def grade(request: Request, limits: WorkerLimits, scratch: str) -> Reply:
+def grade(request: Request, limits: WorkerLimits, scratch: str,
+          setup: harness.ChildSetup) -> Reply:
     """Run one program in a forked child and judge it; leaves no process or file behind."""
     nonce = secrets.token_hex(16)
-    workdir = os.path.join(scratch, "program")
-    os.mkdir(workdir, 0o700)
     result_r, result_w = os.pipe()
+    with suppress(OSError):   # refused past the user's pipe quota: 64 KiB, then it waits DRAIN_S
+        fcntl.fcntl(result_w, fcntl.F_SETPIPE_SZ, RESULT_PIPE_BYTES)
     output_r, output_w = os.pipe()
     started = time.monotonic()
     pid = os.fork()
     if pid == 0:
         os.close(result_r)
         os.close(output_r)
-        harness.run_child(request, limits, nonce, result_w, output_w, workdir)
+        harness.run_child(request, limits, nonce, result_w, output_w, setup)
     os.close(result_w)
     os.close(output_w)
     with suppress(OSError):   # the child does the same; whichever runs first wins the race
@@ -99,7 +118,7 @@ def grade(request: Request, limits: WorkerLimits, scratch: str) -> Reply:
     watch.drain()   # every writer is dead now, so this reaches EOF
     os.close(result_r)
     os.close(output_r)
-    _wipe(scratch)
+    _wipe(scratch, setup.workdir)
     verdict = decide(request, nonce, watch.messages, end, limits.cpu_s, watch.channel_error)
     feedback = verdict.feedback
     if verdict.status is Outcome.KILLED and watch.output:
@@ -109,7 +128,12 @@ def grade(request: Request, limits: WorkerLimits, scratch: str) -> Reply:
 
 
 class _Watch:
-    """Reads the child's result channel and output pipe until it exits or its time is up."""
+    """Reads the child's result channel and output pipe until it exits or its time is up.
+
+    The result pipe is enlarged (RESULT_PIPE_BYTES) and emptied every DRAIN_S or whenever the
+    worker wakes for another reason, not on each message: a wake-up per test result cost more
+    than the rest of the worker's work on a program. A child that fills the pipe waits at most
+    DRAIN_S for room."""
 
     def __init__(self, pid: int, result_fd: int, output_fd: int, output_cap: int) -> None:
         self.pid = pid
@@ -121,6 +145,7 @@ class _Watch:
         self.output = bytearray()
         self.channel_error: str | None = None
         self.open = {result_fd, output_fd}
+        os.set_blocking(result_fd, False)
 
     def run(self, timeout_s: float) -> ChildEnd:
         deadline = time.monotonic() + timeout_s
@@ -128,20 +153,20 @@ class _Watch:
         timed_out = False
         with selectors.DefaultSelector() as selector:
             selector.register(pidfd, selectors.EVENT_READ)
-            for fd in self.open:
-                selector.register(fd, selectors.EVENT_READ)
+            selector.register(self.output_fd, selectors.EVENT_READ)
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:   # checked first, so a flood of output cannot outrun it
                     exited = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
                     timed_out = exited is None
                     break
-                ready = {key.fd for key, _ in selector.select(remaining)}
+                ready = {key.fd for key, _ in selector.select(min(remaining, DRAIN_S))}
                 if pidfd in ready:
                     break
-                for fd in ready:
-                    if not self._read(fd):
-                        selector.unregister(fd)
+                while self.result_fd in self.open and self._read(self.result_fd):
+                    pass
+                if self.output_fd in ready and not self._read(self.output_fd):
+                    selector.unregister(self.output_fd)
                 if self.channel_error is not None:
                     break   # a corrupted channel already decides the verdict; stop the program
         os.close(pidfd)
@@ -159,13 +184,17 @@ class _Watch:
         )
 
     def drain(self) -> None:
+        """Read to EOF; call only once every writer is dead (else it may spin)."""
         for fd in list(self.open):
             while self._read(fd):
                 pass
 
     def _read(self, fd: int) -> bool:
-        """Read one chunk; False at EOF."""
-        data = os.read(fd, 1 << 16)
+        """Read one chunk; False at EOF or, on the non-blocking result pipe, when it is empty."""
+        try:
+            data = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return False
         if not data:
             self.open.discard(fd)
             return False
@@ -209,19 +238,30 @@ def _own_children() -> list[int]:
     return children
 
 
-def _wipe(scratch: str) -> None:
-    """Empty the scratch directory, whatever permissions the program left on its files."""
+def _wipe(scratch: str, workdir: str) -> None:
+    """Empty the working directory and remove everything else in `scratch`, whatever permissions
+    the program left. The working directory itself stays: Landlock's rule names its inode."""
     def make_writable(function, path, _exc_info) -> None:
         os.chmod(os.path.dirname(path), 0o700)
         with suppress(OSError):
             os.chmod(path, 0o700)
         function(path)
 
-    for entry in os.scandir(scratch):
-        if entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path, onerror=make_writable)
-        else:
-            os.unlink(entry.path)
+    if not os.path.isdir(workdir) or os.path.islink(workdir):
+        # Only possible where Landlock is off (with it, a program cannot remove or rename its
+        # directory), so no Landlock rule is left naming the old one.
+        with suppress(FileNotFoundError):
+            os.unlink(workdir)
+        os.mkdir(workdir, 0o700)
+    os.chmod(workdir, 0o700)
+    for directory, keep in ((workdir, None), (scratch, os.path.basename(workdir))):
+        for entry in os.scandir(directory):
+            if entry.name == keep:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, onerror=make_writable)
+            else:
+                os.unlink(entry.path)
 
 
 def _drop_privileges(limits: WorkerLimits) -> None:
@@ -248,7 +288,7 @@ def _harden(isolated: bool) -> None:
             raise OSError(ctypes.get_errno(), f"prctl({option}, {value}) failed")
 
 
-def _hello() -> Hello:
+def _hello(confinement: Confinement) -> Hello:
     with open("/proc/self/status") as status:
         fields = dict(line.split(":", 1) for line in status if ":" in line)
     with open("/proc/net/dev") as dev:
@@ -258,5 +298,8 @@ def _hello() -> Hello:
         no_new_privs=fields["NoNewPrivs"].strip() == "1",
         cap_eff=fields["CapEff"].strip(),
         net_interfaces=interfaces,
+        seccomp_error=confinement.seccomp_error,
+        landlock_error=confinement.landlock_error,
+        landlock_abi=confinement.landlock_abi,
     )
 

@@ -1,4 +1,5 @@
-"""The sandbox: correct verdicts, hostile programs contained, forged passes refused, HumanEval.
+"""The sandbox: correct verdicts, hostile programs contained, forged passes refused, each isolation
+layer reported and doing its job, HumanEval.
 
     .venv/bin/python -m pytest tests/test_sandbox.py -q
 
@@ -12,10 +13,12 @@ import ast
 import asyncio
 import collections
 import json
+import logging
 import os
 import secrets
 import signal
 import socket
+import struct
 import threading
 import time
 from pathlib import Path
@@ -25,6 +28,8 @@ import pytest
 from engine.records import Program, Status
 from engine.records import TestCase as Case   # as Case: pytest would try to collect TestCase
 from sandbox.config import SandboxConfig
+from sandbox.confine import ARCHES, DENIED, seccomp_program
+from sandbox.launch import Mechanisms, enforce
 from sandbox.pool import SandboxPool
 from sandbox.protocol import Outcome, Request, WireTest
 from sandbox.values import encode, equal
@@ -114,10 +119,15 @@ HOSTILE = {   # name: (code, acceptable statuses, timeout_s)
                   "        except OSError:\n            pass\n", {Status.TIMEOUT}, 1.5),
     "10 GB file": ("def f(x):\n    with open('big', 'wb') as out:\n        for _ in range(10240):\n"
                    "            out.write(bytes(1 << 20))\n", {Status.ERROR}, 10),
-    "fill /tmp": ("def f(x):\n    for i in range(100):\n"
-                  "        with open(f'/tmp/f{i}', 'wb') as out:\n"
-                  "            for _ in range(60):\n                out.write(bytes(1 << 20))\n",
-                  {Status.ERROR}, 10),
+    "fill the tmpfs": ("def f(x):\n    for i in range(100):\n"   # its own dir is on /tmp
+                       "        with open(f'f{i}', 'wb') as out:\n"
+                       "            for _ in range(60):\n"
+                       "                out.write(bytes(1 << 20))\n", {Status.ERROR}, 10),
+    # RLIMIT_NPROC stops it; CPython itself may then crash after ~10^4 failed thread starts
+    "thread bomb": ("import threading, time\ndef f(x):\n    while True:\n        try:\n"
+                    "            threading.Thread(target=time.sleep, args=(60,), daemon=True)"
+                    ".start()\n        except RuntimeError:\n            pass\n",
+                    {Status.TIMEOUT, Status.MEMORY, Status.KILLED}, 1.5),
     "endless output": ("import sys\ndef f(x):\n    while True:\n"
                        "        sys.stdout.write('x' * 4096)\n", {Status.TIMEOUT}, 1.5),
     "kill the worker": ("import os, signal\ndef f(x):\n    for pid, sig in ((os.getppid(), 9), "
@@ -143,6 +153,7 @@ def test_no_process_survives_a_fork_bomb(sandbox_pool):
     tests = (Case("assert f(1) == [1]", "f(1)", "[1]"),)
     grades = sandbox_pool.grade([make_program(census, tests)] * sandbox_pool.config.workers)
     assert all(g.passed for g in grades), grades
+    assert_still_healthy(sandbox_pool)
 
 
 def test_host_file_cannot_be_deleted(sandbox_pool, tmp_path):
@@ -172,10 +183,12 @@ def test_parent_environment_is_invisible(sandbox_pool):
         "def env_names():\n"
         "    return sorted(os.environ)\n")
     tests = (Case("assert leaks() == {}", "leaks()", "{}"),
-             Case("", "env_names()", "['HOME', 'LANG', 'PATH', 'PWD', 'PYTHONDONTWRITEBYTECODE']"))
+             Case("", "env_names()",
+                  "['HOME', 'LANG', 'PATH', 'PWD', 'PYTHONDONTWRITEBYTECODE', 'TMPDIR']"))
     grade = grade_one(sandbox_pool, make_program(code, tests))
     assert grade.status is Status.PASSED, grade
     assert SECRET not in grade.feedback
+    assert_still_healthy(sandbox_pool)
 
 
 def test_network_is_unreachable(sandbox_pool):
@@ -197,28 +210,36 @@ def test_network_is_unreachable(sandbox_pool):
 
 def test_daemon_does_not_outlive_its_program(tmp_path):
     marker = tmp_path / "daemon-was-here"
-    daemon = (
-        "import os, time\n"
+    daemon = (   # a forked, setsid'd daemon (seccomp: fork fails) and a daemon thread
+        "import os, threading, time\n"
+        "def linger():\n"
+        "    time.sleep(2)\n"
+        f"    for path in ({str(marker)!r}, '/tmp/daemon-was-here', 'daemon-was-here'):\n"
+        "        try:\n"
+        "            open(path, 'w').close()\n"
+        "        except OSError:\n"
+        "            pass\n"
         "def f(x):\n"
-        "    if os.fork() == 0:\n"
+        "    threading.Thread(target=linger, daemon=True).start()\n"
+        "    try:\n"
+        "        pid = os.fork()\n"
+        "    except OSError:\n"
+        "        return x + 1\n"
+        "    if pid == 0:\n"
         "        os.setsid()\n"
         "        if os.fork() == 0:\n"
-        "            time.sleep(2)\n"
-        f"            for path in ({str(marker)!r}, '/tmp/daemon-was-here'):\n"
-        "                try:\n"
-        "                    open(path, 'w').close()\n"
-        "                except OSError:\n"
-        "                    pass\n"
+        "            linger()\n"
         "        os._exit(0)\n"
         "    return x + 1\n")
     census = ("import os\ndef f(x):\n    return [sorted(int(p) for p in os.listdir('/proc') "
-              "if p.isdigit() and int(p) != os.getpid()), os.listdir('/tmp')]\n")
-    census_tests = (Case("", "f(1)", "[[1], ['program']]"),)
+              "if p.isdigit() and int(p) != os.getpid()), os.listdir('.')]\n")
+    census_tests = (Case("", "f(1)", "[[1], []]"),)
     with SandboxPool(SandboxConfig(workers=1)) as pool:
         assert grade_one(pool, make_program(daemon)).status is Status.PASSED
         time.sleep(3)
         grade = grade_one(pool, make_program(census, census_tests))
         assert grade.status is Status.PASSED, grade
+        assert_still_healthy(pool)
     assert not marker.exists()
 
 
@@ -230,6 +251,152 @@ def test_a_gigabyte_of_output_is_capped_and_does_not_hang(sandbox_pool):
     assert grade.status is Status.PASSED, grade
     assert time.monotonic() - started < 20
     assert_still_healthy(sandbox_pool)
+
+
+# ------------------------------------------------------------- seccomp and Landlock, per program
+
+LIBC = "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+BLOCKED = {   # name: (code defining f() that reports what happened, the report we expect)
+    "fork": ("import os\ndef f():\n    try:\n        return os.fork() and 'forked'\n"
+             "    except OSError as exc:\n        return type(exc).__name__\n",
+             "'PermissionError'"),
+    "subprocess": ("import subprocess\ndef f():\n    try:\n"
+                   "        return subprocess.run(['/bin/true']).returncode\n"
+                   "    except OSError as exc:\n        return type(exc).__name__\n",
+                   "'PermissionError'"),
+    "execve": ("import os\ndef f():\n    try:\n        os.execv('/bin/true', ['true'])\n"
+               "    except OSError as exc:\n        return type(exc).__name__\n",
+               "'PermissionError'"),
+    "socket()": ("import socket\ndef f():\n    try:\n        socket.socket().close()\n"
+                 "        return 'socket'\n    except OSError as exc:\n"
+                 "        return type(exc).__name__\n", "'PermissionError'"),
+    # PTRACE_TRACEME and unshare(0) succeed for anyone without the filter: EPERM is seccomp's
+    "ptrace": (LIBC + "def f():\n    return libc.ptrace(0, 0, 0, 0), ctypes.get_errno()\n",
+               "(-1, 1)"),
+    "unshare": (LIBC + "def f():\n    return [(libc.unshare(flags), ctypes.get_errno()) "
+                "for flags in (0, 0x10000000, 0x40000000)]\n", "[(-1, 1)] * 3"),
+    "threads still work": ("from concurrent.futures import ThreadPoolExecutor\ndef f():\n"
+                           "    with ThreadPoolExecutor(4) as threads:\n"
+                           "        return sum(threads.map(lambda x: x * x, range(100)))\n",
+                           "328350"),
+    "asyncio still works": ("import asyncio\nasync def g():\n    await asyncio.sleep(0)\n"
+                            "    return 7\ndef f():\n    return asyncio.run(g())\n", "7"),
+    "tempfile goes to the work dir": ("import os, tempfile\ndef f():\n"
+                                      "    with tempfile.NamedTemporaryFile() as fh:\n"
+                                      "        return os.path.dirname(fh.name) == os.getcwd()\n",
+                                      "True"),
+}
+LANDLOCKED = {   # needs Landlock: inside the jail /tmp is writable by the sandbox uid otherwise
+    "write outside the work dir": (
+        "import os\ndef attempt(action):\n    try:\n        action()\n        return 'done'\n"
+        "    except OSError as exc:\n        return type(exc).__name__\n"
+        "def f():\n    return [attempt(lambda: open('/tmp/outside', 'w').close()),\n"
+        "            attempt(lambda: os.mkdir('/tmp/outside-dir')),\n"
+        "            attempt(lambda: open('inside', 'w').close()),\n"
+        "            attempt(lambda: os.rename('inside', '/tmp/moved')),\n"
+        "            attempt(lambda: os.symlink('/tmp', 'escape')),\n"
+        "            attempt(lambda: open('escape/outside', 'w').close()),\n"
+        "            attempt(lambda: os.rmdir(os.getcwd()))]\n",
+        "['PermissionError', 'PermissionError', 'done', 'PermissionError', 'done', "
+        "'PermissionError', 'PermissionError']"),
+}
+
+
+@pytest.mark.parametrize("name", list(BLOCKED) + list(LANDLOCKED))
+def test_new_layers_block_and_allow(sandbox_pool, name):
+    if name in LANDLOCKED and not sandbox_pool.mechanisms.landlock:
+        pytest.skip(f"Landlock not active: {dict(sandbox_pool.mechanisms.why_missing)}")
+    code, expected = BLOCKED.get(name) or LANDLOCKED[name]
+    grade = grade_one(sandbox_pool, make_program(code, (Case("", "f()", expected),)))
+    assert grade.status is Status.PASSED, grade
+    assert_still_healthy(sandbox_pool)
+
+
+def test_programs_run_under_the_filter(sandbox_pool):
+    code = ("def f():\n    with open('/proc/self/status') as fh:\n"
+            "        return [l.split()[1] for l in fh if l.startswith('Seccomp:')]\n")
+    assert grade_one(sandbox_pool, make_program(code, (Case("", "f()", "['2']"),))).passed
+
+
+def test_mechanisms_are_reported(sandbox_pool):
+    mechanisms = sandbox_pool.mechanisms
+    assert set(mechanisms.as_dict()) == {"bwrap", "namespaces", "seccomp", "landlock", "cgroups"}
+    assert mechanisms.bwrap and mechanisms.namespaces and mechanisms.seccomp   # required
+    off = {name for name, on in mechanisms.as_dict().items() if not on}
+    assert off == {name for name, _ in mechanisms.why_missing}
+
+
+def test_a_missing_required_mechanism_is_an_error_and_others_warn(caplog):
+    no_seccomp = Mechanisms(True, True, False, False, True,
+                            why_missing=(("seccomp", "no table for mips"), ("landlock", "old")))
+    with pytest.raises(RuntimeError, match="seccomp: no table for mips"):
+        enforce(no_seccomp, require_isolation=True)
+    with caplog.at_level(logging.WARNING, logger="sandbox.launch"):
+        enforce(no_seccomp, require_isolation=False)
+    assert "SECCOMP IS NOT ACTIVE (no table for mips)" in caplog.text
+    assert "LANDLOCK IS NOT ACTIVE (old)" in caplog.text
+    no_landlock = Mechanisms(True, True, True, False, True, why_missing=(("landlock", "old"),))
+    enforce(no_landlock, require_isolation=True)   # Landlock (and cgroups) only ever warn
+
+
+def run_bpf(program: bytes, arch: int, nr: int, arg0: int = 0) -> int:
+    """A classic-BPF interpreter for the few opcodes seccomp_program emits."""
+    data = struct.pack("<iIQ6Q", nr, arch, 0, arg0, 0, 0, 0, 0, 0)   # struct seccomp_data
+    code = [struct.unpack("=HBBI", program[i:i + 8]) for i in range(0, len(program), 8)]
+    pc = acc = 0
+    while True:
+        op, jt, jf, k = code[pc]
+        pc += 1
+        if op == 0x20:                                           # ld [k]
+            acc = struct.unpack_from("<I", data, k)[0]
+        elif op == 0x06:                                         # ret k
+            return k
+        else:                                                    # jeq / jge / jset
+            taken = {0x15: acc == k, 0x35: acc >= k, 0x45: bool(acc & k)}[op]
+            pc += jt if taken else jf
+
+
+@pytest.mark.parametrize("machine", ["x86_64", "aarch64"])
+def test_seccomp_program_decides_per_syscall(machine):
+    audit_arch, numbers = ARCHES[machine]
+    program = seccomp_program(machine)
+    allow, eperm, enosys, kill = 0x7FFF0000, 0x50000 | 1, 0x50000 | 38, 0x80000000
+    thread_flags = 0x3D0F00   # what glibc's pthread_create passes to clone
+    cases = [
+        (audit_arch, 0 if machine == "x86_64" else 63, 0, allow),          # read
+        (audit_arch, numbers["clone"], thread_flags, allow),
+        (audit_arch, numbers["clone"], 17, eperm),                          # fork: SIGCHLD only
+        (audit_arch, numbers["clone"], thread_flags | 0x10000000, eperm),   # + CLONE_NEWUSER
+        (audit_arch, numbers["clone3"], 0, enosys),
+        (0x40000003, numbers["execve"], 0, kill),                           # i386 convention
+    ] + [(audit_arch, numbers[name], 0, eperm) for name in DENIED if name in numbers]
+    if machine == "x86_64":
+        cases.append((audit_arch, 0x40000000 | 59, 0, kill))               # x32 execve
+    for arch, nr, arg0, action in cases:
+        assert run_bpf(program, arch, nr, arg0) == action, (arch, nr, arg0)
+    with pytest.raises(ValueError, match="riscv64"):
+        seccomp_program("riscv64")
+
+
+def test_each_worker_has_its_own_cgroup_removed_on_close():
+    with SandboxPool(SandboxConfig(workers=2, memory_mb=512)) as pool:
+        if not pool.mechanisms.cgroups:
+            pytest.skip(f"cgroups not active: {dict(pool.mechanisms.why_missing)}")
+        groups = [worker.cgroup for worker in pool._live]
+        dirs = [path for group in groups for path in group.dirs]
+        assert len({path.name for path in dirs}) == 2   # one group per worker
+        for worker in pool._live:
+            pid = worker.worker_pid(jailed=True)
+            assert all(str(pid) in (path / "cgroup.procs").read_text().split()
+                       for path in worker.cgroup.dirs)
+        limits = {f.name: f.read_text().strip() for path in dirs for f in path.iterdir()
+                  if f.name in ("memory.max", "memory.limit_in_bytes", "pids.max")}
+        assert limits["pids.max"] == str(64 + 16)
+        memory = limits.get("memory.max", limits.get("memory.limit_in_bytes"))
+        assert memory == str((512 + 256 + 256) << 20)
+        assert grade_one(pool, make_program(GOOD)).passed
+    assert not any(path.exists() for path in dirs)
+    assert not any(path.parent.exists() for path in dirs)
 
 
 # ------------------------------------------------------------------------------- forged passes
@@ -334,15 +501,28 @@ def test_missing_bwrap_is_an_error_when_isolation_is_required():
         SandboxPool(SandboxConfig(workers=1, bwrap="/nonexistent/bwrap"))
 
 
-def test_missing_bwrap_warns_loudly_when_isolation_is_optional():
+def test_missing_bwrap_warns_loudly_when_isolation_is_optional(tmp_path):
     scratch_dirs = set(Path("/tmp").glob("sandbox-worker-*"))
+    victim = tmp_path / "open" / "victim.txt"   # writable by anyone: only Landlock protects it
+    victim.parent.mkdir(mode=0o777)
+    victim.parent.chmod(0o777)
+    tmp_path.chmod(0o755)
+    victim.write_text("keep me")
+    victim.chmod(0o666)
     with pytest.warns(RuntimeWarning, match="SANDBOX NOT ISOLATED"):
         pool = SandboxPool(SandboxConfig(workers=1, bwrap="/nonexistent/bwrap",
                                          require_isolation=False))
     with pool:
         assert not pool.isolated
+        assert not pool.mechanisms.bwrap and not pool.mechanisms.namespaces
         assert grade_one(pool, make_program(GOOD)).passed
         assert grade_one(pool, make_program(WRONG)).status is Status.FAILED
+        if pool.mechanisms.landlock:
+            code = f"import os\ndef f(x):\n    os.remove({str(victim)!r})\n    return x + 1\n"
+            grade = grade_one(pool, make_program(code))
+            assert grade.status is Status.ERROR and "PermissionError" in grade.feedback, grade
+            assert victim.read_text() == "keep me"
+            assert grade_one(pool, make_program(GOOD)).passed
     assert set(Path("/tmp").glob("sandbox-worker-*")) == scratch_dirs   # closed cleanly
 
 
