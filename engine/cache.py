@@ -1,0 +1,103 @@
+"""The teacher's durable response cache: what makes a resumed or concurrent run pay nothing twice."""
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+from pathlib import Path
+
+import orjson
+
+
+class ResponseCache:
+    """Append-only JSONL of answers, one line each, keyed by a hash of the request; later lines win
+    (a request answered in parts by the n-fallback is rewritten with more texts).
+
+    Lines are written whole under an exclusive flock, so processes sharing the file never
+    interleave. A torn last line (a kill mid-write) is skipped on load and sealed with a newline
+    before the next append, so it cannot swallow the next record. `refresh()` (at the start of
+    every batch) reads what other processes appended since, so two runs sharing a cache do not
+    pay twice for what either had answered by then.
+    Not protected against: a filesystem without flock (some network mounts).
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.entries: dict[str, dict] = {}
+        self._offset = 0  # bytes of whole lines already read
+        self._queue: list[tuple[dict, asyncio.Future]] = []  # answers waiting for the next write
+        self._writing = False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.refresh()
+
+    def refresh(self) -> None:
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return
+        if size <= self._offset:
+            return
+        with open(self.path, "rb") as f:
+            f.seek(self._offset)
+            data = f.read(size - self._offset)
+        whole = data.rfind(b"\n") + 1  # a torn tail is read once another append seals it
+        for line in data[:whole].splitlines():
+            try:
+                rec = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue  # torn by a kill mid-write: that answer is simply asked again
+            if isinstance(rec, dict) and "key" in rec:
+                self.entries[rec["key"]] = rec
+        self._offset += whole
+
+    def get(self, key: str) -> dict | None:
+        return self.entries.get(key)
+
+    def put(self, rec: dict) -> None:
+        """Durable when it returns (fsynced)."""
+        self.entries[rec["key"]] = rec
+        self._append([rec])
+
+    async def put_async(self, rec: dict) -> None:
+        """Durable when it returns. Answers landing while a write runs share the next write and
+        fsync (group commit) off the event loop, so at 100+ answers a second the disk and the
+        thread hand-offs do not slow the loop that is sending requests."""
+        self.entries[rec["key"]] = rec
+        done = asyncio.get_running_loop().create_future()
+        self._queue.append((rec, done))
+        if not self._writing:
+            self._writing = True
+            asyncio.ensure_future(self._drain())
+        await done
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                try:
+                    await asyncio.to_thread(self._append, [rec for rec, _ in batch])
+                except Exception as e:  # noqa: BLE001 - every waiter gets the disk's error
+                    for _, done in batch:
+                        if not done.done():
+                            done.set_exception(e)
+                else:
+                    for _, done in batch:
+                        if not done.done():
+                            done.set_result(None)
+        finally:
+            self._writing = False
+
+    def _append(self, recs: list[dict]) -> None:
+        data = b"".join(orjson.dumps(rec) + b"\n" for rec in recs)
+        with open(self.path, "a+b") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                if f.seek(0, os.SEEK_END) > 0:
+                    f.seek(-1, os.SEEK_END)
+                    if f.read(1) != b"\n":
+                        data = b"\n" + data  # seal a line torn by a killed writer
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
