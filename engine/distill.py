@@ -29,7 +29,7 @@ from pathlib import Path
 
 from engine import stages
 from engine.config import RunConfig, add_config_args, config_from_args, to_dict
-from engine.records import Attempt, Grade, Refinement, to_json
+from engine.records import Attempt, Grade, Refinement
 from engine.runlog import RunDir
 
 
@@ -98,7 +98,7 @@ def run_distill(cfg: RunConfig, student_pool=None) -> dict:
                 run.stage("attempts", Attempt, train_tasks, key=lambda t: t.task_id,
                           rkey=lambda a: a.task_id,
                           compute=lambda chunk: stages.sample(
-                              pool, chunk, n=st.samples, temperature=st.temperature,
+                              pool, stages.task_jobs(chunk), n=st.samples, temperature=st.temperature,
                               top_p=st.top_p, max_tokens=st.max_tokens, seed=st.seed,
                               prompt_format=st.prompt_format))
                 attempts = {a.attempt_id: a for a in run.read("attempts", Attempt)}
@@ -118,50 +118,74 @@ def run_distill(cfg: RunConfig, student_pool=None) -> dict:
                                "passed": len(attempts) - len(failed), "failed": len(failed)}
 
         with teacher_endpoint(cfg, run) as (url, model, identity):
-            teacher = Teacher(cfg.teacher, url, model, Path(run.path) / "teacher-cache.jsonl",
-                              identity=identity)
             import asyncio
-            asyncio.run(teacher.check_reachable())
-            with timed(timings, "3-refine"):
-                items = [(tasks[a.task_id], a, grades[a.attempt_id]) for a in failed]
-                refinements = run.stage(
-                    "refinements", Refinement, items, key=lambda it: it[1].attempt_id,
-                    rkey=lambda r: r.attempt_id,
-                    compute=lambda chunk: stages.refine(teacher, cfg.teacher.template, chunk),
-                    batch=256)
-                stand = []
-                if cfg.teacher.stand:
-                    stand = run.stage(
-                        "stand-answers", Refinement, [(t, None, None) for t in train_tasks],
-                        key=lambda it: it[0].task_id, rkey=lambda r: r.task_id,
-                        compute=lambda chunk: stages.refine(teacher, cfg.teacher.template, chunk),
-                        batch=256)
 
-        with timed(timings, "4-verify"):
-            all_refs = [r for r in refinements + stand if r.code is not None]
-            verified = {g.program_id: g for g in run.stage(
-                "verified", Grade, all_refs, key=lambda r: r.refinement_id,
-                rkey=lambda g: g.program_id, compute=lambda chunk: sandbox.grade(
-                    stages.programs_for([(r.refinement_id, tasks[r.task_id], r.code)
-                                         for r in chunk], timeout_s=cfg.sandbox.timeout_s)),
-                batch=256)}
+            from engine.teacher import Usage
+
+            tc = cfg.teacher
+            teacher = Teacher(tc, url, model, Path(run.path) / "teacher-cache.jsonl",
+                              identity=identity)
+            asyncio.run(teacher.check_reachable())
+
+            def ask(name: str, jobs: list, stage: str) -> dict[str, Refinement]:
+                with timed(timings, "3-refine"):
+                    return {r.refinement_id: r for r in run.stage(
+                        name, Refinement, jobs, key=lambda j: j.job_id,
+                        rkey=lambda r: r.refinement_id, batch=256,
+                        compute=lambda chunk: stages.refine(teacher, chunk, stage=stage))}
+
+            def verify(refs: list[Refinement]) -> dict[str, Grade]:
+                with timed(timings, "4-verify"):
+                    return {g.program_id: g for g in run.stage(
+                        "verified", Grade, [r for r in refs if r.code is not None],
+                        key=lambda r: r.refinement_id, rkey=lambda g: g.program_id, batch=256,
+                        compute=lambda chunk: sandbox.grade(stages.programs_for(
+                            [(r.refinement_id, tasks[r.task_id], r.code) for r in chunk],
+                            timeout_s=cfg.sandbox.timeout_s)))}
+
+            # 3-4 per round: refine the failures; refinements that fail verification go back
+            # with their own error next round (ids <attempt>>r<round>.<sample>, resumable)
+            rounds = [stages.first_round_jobs(failed, tasks, grades, tc.template, tc.samples)]
+            while True:
+                refs = ask("refinements", rounds[-1], "refine")
+                if len(rounds) == tc.rounds:
+                    break
+                rounds.append(stages.next_round_jobs(rounds[-1], refs, verify(list(refs.values()))))
+            stand_round = stages.stand_jobs(train_tasks) if tc.stand else []
+            stand_refs = ask("stand-answers", stand_round, "stand") if tc.stand else {}
+        refinements, stand = list(refs.values()), list(stand_refs.values())
+        verified = verify(refinements + stand)
 
         with timed(timings, "5-datasets"):
-            datasets = stages.build_datasets(tasks, attempts, grades, refinements + stand, verified)
+            datasets = stages.build_datasets(tasks, attempts, grades, stages.one_per_attempt(
+                refinements + stand, verified), verified)
             for name, examples in datasets.items():
                 run.rewrite(name, examples)
 
-        def tokens(recs):
-            return {"calls": len(recs), "cached": sum(r.cached for r in recs),
-                    "prompt_tokens": sum(r.prompt_tokens for r in recs),
-                    "completion_tokens": sum(r.completion_tokens for r in recs),
+        def passed(rid: str) -> bool:
+            return rid in verified and verified[rid].passed
+
+        def tokens(recs: list[Refinement], jobs: list, stage: str) -> dict:
+            ids = {r.refinement_id for r in recs}
+            pt, ct = sum(r.prompt_tokens for r in recs), sum(r.completion_tokens for r in recs)
+            return {"calls": sum(j.job_id in ids for j in jobs),  # requests answered
+                    "samples": len(recs), "cached": sum(r.cached for r in recs),
+                    "prompt_tokens": pt, "completion_tokens": ct,
+                    "cost_usd": round(teacher.cost(pt, ct), 6),  # every answer used, at list price
                     "extraction_failed": sum(r.code is None for r in recs),
-                    "verified": sum(verified.get(r.refinement_id, None) is not None
-                                    and verified[r.refinement_id].passed for r in recs)}
-        summary["teacher"] = {"refine": tokens(refinements), "stand": tokens(stand),
-                              "calls_sent_this_run": teacher.calls}
+                    "verified": sum(passed(r.refinement_id) for r in recs),
+                    "this_run": asdict(teacher.usage.get(stage, Usage()))}  # incl. failed by reason
+        summary["teacher"] = {
+            "model": model, "price_per_mtok": [teacher.price_in, teacher.price_out],
+            "refine": {**tokens(refinements, [j for js in rounds for j in js], "refine"),
+                       "verified_by_round": [sum(passed(i) for j in js for i in j.ids)
+                                             for js in rounds]},
+            "stand": tokens(stand, stand_round, "stand"),
+            "calls_sent_this_run": teacher.calls, "spent_usd_this_run": round(teacher.spent_usd, 6)}
         summary["datasets"] = {k: len(v) for k, v in datasets.items()}
         summary["pass_before"] = before.pass_at
+        if cfg.eval.rounds:
+            summary["pass_before_per_round"] = list(before.rounds)
 
         if not cfg.skip_train:
             train_file = run.file(cfg.dataset)
@@ -176,6 +200,8 @@ def run_distill(cfg: RunConfig, student_pool=None) -> dict:
                                      "eval-after", adapter=str(adapter))
             summary["adapter"] = str(adapter)
             summary["pass_after"] = after.pass_at
+            if cfg.eval.rounds:
+                summary["pass_after_per_round"] = list(after.rounds)
     finally:
         sandbox.close()
     summary["eval"] = {"tasks": len(eval_tasks), "n": cfg.eval.n, "set": cfg.data.eval_tasks}

@@ -33,46 +33,72 @@ class EvalSummary:
     adapter: str | None
     tasks: int
     n: int
-    pass_at: dict[str, float]   # "pass@1" -> mean over tasks
+    pass_at: dict[str, float]                # after the last round: "pass@1" -> mean over tasks
+    rounds: tuple[dict[str, float], ...] = ()  # pass@k after each multi-step round (0 first)
 
 
-def summarise(results: Sequence[EvalResult], ks: Sequence[int], adapter: str | None) -> EvalSummary:
-    scores = {f"pass@{k}": float(np.mean([pass_at_k(r.n, r.correct, k) for r in results]))
-              if results else 0.0 for k in ks}
-    n = results[0].n if results else 0
-    return EvalSummary(adapter, len(results), n, scores)
+def summarise(results: Sequence[EvalResult], ks: Sequence[int]) -> dict[str, float]:
+    return {f"pass@{k}": float(np.mean([pass_at_k(r.n, r.correct, k) for r in results]))
+            if results else 0.0 for k in ks}
 
 
 def evaluate(pool: StudentPool, sandbox, tasks: Sequence[Task], cfg: EvalConfig,
              student: StudentConfig, run: RunDir, name: str, adapter: str | None = None
              ) -> EvalSummary:
-    """Sample n per task, grade on the hidden tests, write `<name>-attempts/grades/results`."""
+    """pass@k with optional multi-step inference (the paper's sec. 3.3).
+
+    Round 0 samples n per task. Each later round shows the student, for every sample that fails
+    the task's *seen* tests, its own code and the seen-test feedback (PersD-refine prompt) and takes
+    its fix. Hidden tests score every round but never reach a prompt. A task without seen tests
+    gets no feedback, so its samples stay as they are. Writes `<name>[-roundR]-attempts`,
+    `-grades`, `-seen-grades` and `-results` JSONL into the run directory.
+    """
     by_id = {t.task_id: t for t in tasks}
 
-    def gen(chunk: list[Task]) -> list[Attempt]:
-        return stages.sample(pool, chunk, n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
-                             max_tokens=cfg.max_tokens, seed=student.seed,
-                             prompt_format=student.prompt_format, adapter=adapter)
+    def grade(atts: list[Attempt], seen_only: bool) -> list[Grade]:
+        return sandbox.grade(stages.programs_for(
+            [(a.attempt_id, by_id[a.task_id], a.code) for a in atts], seen_only=seen_only))
 
-    # Stage keys are task ids for sampling (all n samples of a task are one request).
-    attempts = run.stage(f"{name}-attempts", Attempt, list(tasks), key=lambda t: t.task_id,
-                         rkey=lambda a: a.task_id, compute=gen, batch=64)
-    attempts = run.read(f"{name}-attempts", Attempt)  # all n samples (stage() keeps one per key)
-
-    def grade(chunk: list[Attempt]) -> list[Grade]:
-        return sandbox.grade(stages.programs_for([(a.attempt_id, by_id[a.task_id], a.code)
-                                                  for a in chunk]))
-
-    grades = {g.program_id: g for g in run.stage(
-        f"{name}-grades", Grade, attempts, key=lambda a: a.attempt_id,
-        rkey=lambda g: g.program_id, compute=grade, batch=256)}
-    results = []
-    for t in tasks:
-        mine = [grades[a.attempt_id] for a in attempts if a.task_id == t.task_id]
-        results.append(EvalResult(t.task_id, adapter, len(mine), sum(g.passed for g in mine),
-                                  0, tuple(g.status for g in mine)))
-    run.rewrite(f"{name}-results", results)
-    return summarise(results, cfg.k, adapter)
+    current: list[Attempt] = []
+    hidden: dict[str, Grade] = {}   # hidden-test grades of every sample of every round
+    seen: dict[str, Grade] = {}     # seen-test grades of the current samples
+    per_round = []
+    for r in range(cfg.rounds + 1):
+        tag = name if r == 0 else f"{name}-round{r}"
+        if r == 0:
+            jobs, n = stages.task_jobs(tasks), cfg.n
+        else:
+            jobs = [stages.refine_job(f"{a.attempt_id}~{r}", by_id[a.task_id],
+                                      a.code or a.completion, seen[a.attempt_id].feedback)
+                    for a in current if not seen[a.attempt_id].passed]
+            n = 1
+        run.stage(f"{tag}-attempts", Attempt, jobs, key=lambda j: j.job_id,
+                  rkey=lambda a: a.attempt_id.rsplit("#", 1)[0],
+                  compute=lambda chunk, n=n: stages.sample(
+                      pool, chunk, n=n, temperature=cfg.temperature, top_p=cfg.top_p,
+                      max_tokens=cfg.max_tokens, seed=student.seed + r,
+                      prompt_format=student.prompt_format, adapter=adapter), batch=64)
+        new = run.read(f"{tag}-attempts", Attempt)  # every sample (stage() keeps one per job)
+        hidden.update({g.program_id: g for g in run.stage(
+            f"{tag}-grades", Grade, new, key=lambda a: a.attempt_id, rkey=lambda g: g.program_id,
+            compute=lambda c: grade(c, False), batch=256)})
+        if r == 0:
+            current = new
+        else:
+            fixed = {a.attempt_id.rsplit("~", 1)[0]: a for a in new}
+            current = [fixed.get(a.attempt_id, a) for a in current]
+        if r < cfg.rounds:
+            seen = {g.program_id: g for g in run.stage(
+                f"{tag}-seen-grades", Grade, current, key=lambda a: a.attempt_id,
+                rkey=lambda g: g.program_id, compute=lambda c: grade(c, True), batch=256)}
+        results = []
+        for t in tasks:
+            mine = [hidden[a.attempt_id] for a in current if a.task_id == t.task_id]
+            results.append(EvalResult(t.task_id, adapter, len(mine), sum(g.passed for g in mine),
+                                      r, tuple(g.status for g in mine)))
+        run.rewrite(f"{tag}-results", results)
+        per_round.append(summarise(results, cfg.k))
+    return EvalSummary(adapter, len(tasks), cfg.n, per_round[-1], tuple(per_round))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -89,6 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n", type=int, default=1)
     ap.add_argument("--k", default="1", help="comma-separated k values")
     ap.add_argument("--temperature", type=float, default=0.0)
+    ap.add_argument("--rounds", type=int, default=0,
+                    help="multi-step inference: extra rounds fixing samples that fail seen tests")
     ap.add_argument("--max-tokens", type=int, default=512)
     ap.add_argument("--prompt-format", default="chat", choices=("chat", "completion"))
     ap.add_argument("--out", default="runs/eval", help="directory for per-task JSONL")
@@ -96,13 +124,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.adapter and not Path(args.adapter, "adapter_config.json").exists():
         raise SystemExit(f"--adapter: {args.adapter} has no adapter_config.json")
     ks = tuple(int(k) for k in args.k.split(","))
-    cfg = EvalConfig(n=args.n, k=ks, temperature=args.temperature, max_tokens=args.max_tokens)
+    cfg = EvalConfig(n=args.n, k=ks, temperature=args.temperature, max_tokens=args.max_tokens,
+                     rounds=args.rounds)
     student = StudentConfig(model=args.model, prompt_format=args.prompt_format)
     tasks = load_tasks(args.tasks, args.limit)
     run = RunDir(args.out)
     with StudentPool(resolve_model(args.model), student) as pool, SandboxPool(SandboxConfig()) as sb:
         s = evaluate(pool, sb, tasks, cfg, student, run, "eval", args.adapter)
-    print({"tasks": s.tasks, "n": s.n, **s.pass_at})
+    print({"tasks": s.tasks, "n": s.n, **s.pass_at, "per_round": list(s.rounds)})
 
 
 if __name__ == "__main__":

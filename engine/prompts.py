@@ -45,17 +45,21 @@ def teacher_messages(template: str, task: Task, code: str = "", feedback: str = 
         return [system, {"role": "user", "content": task_message(task)}]
     if template not in TEMPLATES:
         raise ValueError(f"teacher.template: unknown template {template!r}; one of {TEMPLATES}")
-    parts = [task_message(task), f"A student wrote this code:\n```python\n{code.rstrip()}\n```"]
+    parts = [task_message(task),
+             f"A student wrote this code, which is wrong:\n```python\n{code.rstrip()}\n```"]
     if template in ("refine-feedback", "reference-guided"):
-        parts.append(f"Running it against the tests gives this error:\n{feedback.strip()}")
+        parts.append(f"Running it against the tests fails with:\n{feedback.strip()}")
     if template == "reference-guided" and task.reference:
         parts.append(f"A correct reference solution, for your eyes only:\n"
                      f"```python\n{task.reference.rstrip()}\n```")
     if template == "refine-nofeedback":
-        parts.append("First explain in a few sentences what is wrong with it. Then rectify it.")
-    parts.append("Rectify the student's code so that it is correct. Stay close to the student's "
-                 "code unless it is badly wrong. Reply with the whole corrected function in one "
-                 "```python code block.")
+        parts.append("First explain in a few sentences what is wrong with it.")
+    # Small teachers told only to "stay close" return the student's code unchanged (seen with
+    # Qwen2.5-Coder-1.5B: 47 of 48 refinements were copies), so the wording insists on a fix.
+    parts.append("Find the bug and rectify the student's code so that it passes the tests. Keep "
+                 "the student's approach and names where they are sound, but change whatever is "
+                 "needed; returning the code unchanged is never right. Reply with the whole "
+                 "corrected function in one ```python code block.")
     return [system, {"role": "user", "content": "\n\n".join(parts)}]
 
 

@@ -39,6 +39,8 @@ class TestCase:
     the harness report the paper's feedback (input, output, expected) for the first failure.
     """
 
+    __test__ = False              # not a pytest class, despite the name
+
     source: str                   # a statement that raises AssertionError when the test fails
     call: str | None = None       # expression evaluated to get the output, e.g. "f(1, 2)"
     expected: str | None = None   # expression for the expected value, e.g. "3"

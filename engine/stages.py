@@ -6,7 +6,11 @@ attempt (student samples) -> grade (sandbox) -> refine (teacher, failures only) 
 from __future__ import annotations
 
 import asyncio
-from typing import Callable, Sequence
+import sys
+import zlib
+from collections import Counter
+from dataclasses import dataclass
+from typing import Sequence
 
 from engine import prompts
 from engine.records import Attempt, Example, Grade, Program, Refinement, Task
@@ -17,30 +21,56 @@ from engine.teacher import Teacher
 
 # ------------------------------------------------------------------------------------ 1. attempt
 
-def sample(pool: StudentPool, tasks: Sequence[Task], *, n: int, temperature: float, top_p: float,
-           max_tokens: int, seed: int, prompt_format: str, adapter: str | None = None,
-           messages_for: Callable[[Task], list[dict[str, str]]] | None = None,
-           id_suffix: str = "") -> list[Attempt]:
-    """n samples per task. Request seeds are seed + task position, so a run reproduces."""
+@dataclass(frozen=True)
+class SampleJob:
+    """One prompt to sample n completions for; its attempts get ids f"{job_id}#{j}"."""
+
+    job_id: str
+    task: Task
+    messages: tuple[dict[str, str], ...] = ()  # empty: the plain task message (or code prompt)
+    prompt: str = ""                           # completion format: text to continue
+
+
+def task_jobs(tasks: Sequence[Task]) -> list[SampleJob]:
+    return [SampleJob(t.task_id, t) for t in tasks]
+
+
+def refine_job(job_id: str, task: Task, code: str, feedback: str) -> SampleJob:
+    """A PersD-refine prompt: the model's own code and execution feedback (seen tests only)."""
+    return SampleJob(job_id, task,
+                     ({"role": "user", "content": prompts.refine_message(task, code, feedback)},),
+                     f"# This attempt fails: {feedback.strip()}\n{code}\n# Fixed version:\n"
+                     f"{task.prompt}")
+
+
+def request_seed(seed: int, job_id: str) -> int:
+    """A per-request seed from the stable id, so any chunking or resume samples the same."""
+    return (seed + zlib.crc32(job_id.encode())) % (2**31 - 1)
+
+
+def sample(pool: StudentPool, jobs: Sequence[SampleJob], *, n: int, temperature: float,
+           top_p: float, max_tokens: int, seed: int, prompt_format: str,
+           adapter: str | None = None) -> list[Attempt]:
+    """n samples per job, batched through the pool in one call."""
     reqs = []
-    for i, t in enumerate(tasks):
+    for job in jobs:
         common = dict(n=n, temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
-                      max_tokens=max_tokens, seed=seed + i, adapter=adapter)
+                      max_tokens=max_tokens, seed=request_seed(seed, job.job_id), adapter=adapter)
         if prompt_format == "chat":
-            msgs = messages_for(t) if messages_for else [
-                {"role": "user", "content": prompts.task_message(t)}]
-            reqs.append(GenRequest(t.task_id + id_suffix, messages=tuple(msgs), **common))
+            msgs = job.messages or ({"role": "user", "content": prompts.task_message(job.task)},)
+            reqs.append(GenRequest(job.job_id, messages=tuple(msgs), **common))
         else:
-            reqs.append(GenRequest(t.task_id + id_suffix, prompt=t.prompt, **common))
+            reqs.append(GenRequest(job.job_id, prompt=job.prompt or job.task.prompt, **common))
     outs = pool.generate(reqs)
     attempts = []
-    for t, out in zip(tasks, outs):
+    for job, out in zip(jobs, outs):
+        t = job.task
         for j, text in enumerate(out.texts):
             if prompt_format == "chat":
                 code = prompts.extract_code(text, t.entry_point, t.prompt) or ""
             else:
                 code = t.prompt + prompts.truncate_completion(text)
-            attempts.append(Attempt(f"{t.task_id}{id_suffix}#{j}", t.task_id, text, code, adapter))
+            attempts.append(Attempt(f"{job.job_id}#{j}", t.task_id, text, code, adapter))
     return attempts
 
 
@@ -56,26 +86,112 @@ def programs_for(pairs: Sequence[tuple[str, Task, str]], seen_only: bool = False
 
 # ------------------------------------------------------------------------------------- 3. refine
 
-def refine(teacher: Teacher, template: str, items: Sequence[tuple[Task, Attempt | None, Grade | None]]
-           ) -> list[Refinement]:
-    """One teacher call per (task, failed attempt, its grade); attempt None asks for a plain answer
-    (StanD). Replies are cached by the teacher, so a resumed run pays nothing twice."""
-    msgs = []
-    for task, att, grade in items:
-        if att is None:
-            msgs.append(prompts.teacher_messages("answer", task))
-        else:
-            msgs.append(prompts.teacher_messages(template, task, att.code or att.completion,
-                                                 grade.feedback if grade else ""))
-    progress = Progress("refine" if items and items[0][1] else "stand", len(items), unit="calls")
-    replies = asyncio.run(teacher.complete_many(msgs, lambda i, r: progress.update()))
+@dataclass(frozen=True)
+class TeacherJob:
+    """One teacher request of the refine stage, and the ids of the refinements it yields.
+
+    Round 0 asks once per failed attempt for `len(chains)` samples, `<attempt_id>>r0.<j>`. Round
+    r >= 1 continues chain j alone, showing the teacher that chain's refinement which failed
+    verification and its error: `<attempt_id>>r<r>.<j>`. A StanD answer (attempt_id None) is
+    `<task_id>>stand`. Ids are stable, so `RunDir.stage` resumes by skipping written ones.
+    """
+
+    task: Task
+    attempt_id: str | None          # None: a StanD answer from the task alone
+    template: str                   # prompts.TEMPLATES name
+    code: str = ""                  # shown to the teacher: the student's or a refinement's code
+    feedback: str = ""              # that code's execution feedback
+    round: int = 0
+    chains: tuple[int, ...] = (0,)  # sample indices; the request asks for n = len(chains)
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        if self.attempt_id is None:
+            return (f"{self.task.task_id}>stand",)
+        return tuple(f"{self.attempt_id}>r{self.round}.{j}" for j in self.chains)
+
+    @property
+    def job_id(self) -> str:
+        return self.ids[0]  # all samples of a request are appended together
+
+
+def first_round_jobs(failed: Sequence[Attempt], tasks: dict[str, Task], grades: dict[str, Grade],
+                     template: str, samples: int) -> list[TeacherJob]:
+    return [TeacherJob(tasks[a.task_id], a.attempt_id, template, a.code or a.completion,
+                       grades[a.attempt_id].feedback, 0, tuple(range(samples))) for a in failed]
+
+
+def stand_jobs(tasks: Sequence[Task]) -> list[TeacherJob]:
+    return [TeacherJob(t, None, "answer") for t in tasks]
+
+
+def next_round_jobs(jobs: Sequence[TeacherJob], refinements: dict[str, Refinement],
+                    verified: dict[str, Grade]) -> list[TeacherJob]:
+    """The next round: each chain whose refinement has code that failed verification goes back
+    with its own error (template refine-feedback), unless its attempt already has a passing
+    refinement in any chain or round: one is all the datasets use."""
+    solved = {r.attempt_id for r in refinements.values()
+              if r.refinement_id in verified and verified[r.refinement_id].passed}
     out = []
-    for (task, att, _), reply in zip(items, replies):
-        rid = f"{att.attempt_id}>r" if att else f"{task.task_id}>stand"
-        code = prompts.extract_code(reply.text, task.entry_point, task.prompt) if reply.text else None
-        out.append(Refinement(rid, task.task_id, att.attempt_id if att else None,
-                              template if att else "answer", reply.text or f"<error: {reply.error}>",
-                              code, reply.prompt_tokens, reply.completion_tokens, reply.cached))
+    for job in jobs:
+        if job.attempt_id is None or job.attempt_id in solved:
+            continue
+        for rid, chain in zip(job.ids, job.chains):
+            ref, grade = refinements.get(rid), verified.get(rid)
+            if ref is None or ref.code is None or grade is None or grade.passed:
+                continue  # failed request (asked again on resume), no code, or already fine
+            out.append(TeacherJob(job.task, job.attempt_id, "refine-feedback", ref.code,
+                                  grade.feedback, job.round + 1, (chain,)))
+    return out
+
+
+def refine(teacher: Teacher, jobs: Sequence[TeacherJob], *, stage: str = "refine"
+           ) -> list[Refinement]:
+    """One teacher request per job (n = its chains), one Refinement per sample.
+
+    A failed request (budget, retries, rejected) yields no record, so a resumed run asks again;
+    it is counted in `teacher.usage[stage]` and reported here. A request's billed tokens ride on
+    its first sample, so sums over records equal the bill. Replies are cached by the teacher, so a
+    resumed run pays nothing twice.
+    """
+    if not jobs:
+        return []
+    n = len(jobs[0].chains)
+    assert all(len(j.chains) == n for j in jobs), "one call asks every job for the same n"
+    msgs = [prompts.teacher_messages(j.template, j.task, j.code, j.feedback) for j in jobs]
+    progress = Progress(stage, len(jobs), unit="calls")
+    replies = asyncio.run(teacher.complete_many(msgs, lambda i, r: progress.update(), n=n,
+                                                stage=stage))
+    out, failed = [], Counter()
+    for job, reply in zip(jobs, replies):
+        if reply.failure is not None:
+            failed[reply.failure.value] += 1
+            continue
+        for j, (rid, text) in enumerate(zip(job.ids, reply.texts)):
+            code = prompts.extract_code(text, job.task.entry_point, job.task.prompt)
+            out.append(Refinement(rid, job.task.task_id, job.attempt_id, job.template, text, code,
+                                  reply.prompt_tokens if j == 0 else 0,
+                                  reply.completion_tokens if j == 0 else 0, reply.cached))
+    if failed:
+        print(f"[{stage}] {sum(failed.values())} of {len(jobs)} requests failed "
+              f"({dict(failed)}); they are asked again when the run is resumed",
+              file=sys.stderr, flush=True)
+    return out
+
+
+def one_per_attempt(refinements: Sequence[Refinement], verified: dict[str, Grade]
+                    ) -> list[Refinement]:
+    """What `build_datasets` should see: of the passing refinements of one attempt (several
+    samples or rounds) only the first, so no attempt is over-weighted in PersD-refine."""
+    seen: set[str] = set()
+    out = []
+    for r in refinements:
+        v = verified.get(r.refinement_id)
+        if r.attempt_id is not None and v is not None and v.passed:
+            if r.attempt_id in seen:
+                continue
+            seen.add(r.attempt_id)
+        out.append(r)
     return out
 
 

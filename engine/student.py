@@ -62,9 +62,14 @@ class StudentEngine:
         from vllm import LLM
 
         self.cfg = cfg
+        # Chunked prefill discards the token sampled for a partly prefilled prompt and rewinds
+        # its seeded generator, which CPU generators cannot do ("CPU Generator does not use
+        # offset"): with per-request seeds, prompts must be prefilled whole on CPU.
         self.llm = LLM(model=model, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
                        enable_lora=True, max_lora_rank=cfg.max_lora_rank, max_loras=4,
-                       seed=cfg.seed, trust_remote_code=False)
+                       seed=cfg.seed, trust_remote_code=False,
+                       enable_chunked_prefill=cfg.chunked_prefill,
+                       max_num_batched_tokens=max(cfg.max_model_len, 8192))
         self.tokenizer = self.llm.get_tokenizer()
         self._lora_ids: dict[str, int] = {}
 

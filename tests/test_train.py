@@ -1,7 +1,6 @@
 """The LoRA trainer: completion-only loss, loss goes down, resume after a kill."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
