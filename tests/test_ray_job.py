@@ -31,9 +31,9 @@ def ray_head():
              str(ports[4]), "--metrics-export-port", str(ports[5]), "--node-manager-port",
              str(ports[6]), "--object-manager-port", str(ports[7]), "--num-cpus", "2",
              "--include-dashboard", "true", "--disable-usage-stats"]
-    started = subprocess.run(start, env=env, capture_output=True, text=True, timeout=180)
-    assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
-    try:
+    try:  # cleanup also when the start half-failed
+        started = subprocess.run(start, env=env, capture_output=True, text=True, timeout=180)
+        assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
         yield ray, f"http://127.0.0.1:{ports[1]}", env
     finally:
         # `ray stop` would also stop the test session's own Ray: end only this head's processes
