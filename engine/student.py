@@ -69,6 +69,7 @@ class StudentEngine:
                        enable_lora=True, max_lora_rank=cfg.max_lora_rank, max_loras=4,
                        seed=cfg.seed, trust_remote_code=False,
                        enable_chunked_prefill=cfg.chunked_prefill,
+                       tensor_parallel_size=cfg.tensor_parallel_size,
                        max_num_batched_tokens=max(cfg.max_model_len, 8192))
         self.tokenizer = self.llm.get_tokenizer()
         self._lora_ids: dict[str, int] = {}
@@ -127,7 +128,10 @@ class StudentPool:
 
         init_ray()
         actor_cls = ray.remote(StudentEngine)
-        self.actors = [actor_cls.options(num_cpus=1, num_gpus=cfg.num_gpus,
+        # With tensor parallelism vLLM starts its own workers for the extra GPUs; the actor
+        # reserves them all so two engines never land on the same devices.
+        gpus = cfg.num_gpus * cfg.tensor_parallel_size
+        self.actors = [actor_cls.options(num_cpus=1, num_gpus=gpus,
                                          runtime_env={"env_vars": _actor_env(cfg)}).remote(model, cfg)
                        for _ in range(cfg.num_actors)]
         ray.get([a.ready.remote() for a in self.actors])  # surface load errors here, not later
