@@ -116,7 +116,9 @@ def init_ray(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=False)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+        # address="local": never attach to a cluster some earlier `ray start` left recorded in
+        # /tmp/ray (it may be gone, or someone else's); a run without RAY_ADDRESS owns its Ray.
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
 
 

@@ -145,6 +145,9 @@ def train(data: Path, model_path: str, out: Path, cfg: TrainConfig) -> Path:
     elif cfg.method != "full":
         raise ValueError(f"train.method: {cfg.method!r} is not lora or full")
     params = [p for p in model.parameters() if p.requires_grad]
+    # the transformer body and the output head, called apart (see the loss below)
+    body = (model.get_base_model() if cfg.method == "lora" else model).model
+    lm_head = model.get_output_embeddings()
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     lengths = [len(e[0]) for e in encoded]
     per_epoch = len(buckets(lengths, cfg.batch_tokens, 0))
@@ -198,11 +201,15 @@ def train(data: Path, model_path: str, out: Path, cfg: TrainConfig) -> Path:
                 ids[r, :len(x)], labels[r, :len(y)], mask[r, :len(x)] = (
                     torch.tensor(x), torch.tensor(y), 1)
             ids, labels, mask = ids.to(device), labels.to(device), mask.to(device)
-            logits = model(input_ids=ids, attention_mask=mask).logits.float()
+            # The vocabulary projection (152k columns for Qwen) is most of the memory: apply it
+            # only where a label carries loss, i.e. on completion tokens, in fp32 there.
+            hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
+            target = labels[:, 1:]
+            keep = target != -100
+            logits = lm_head(hidden[:, :-1][keep]).float()
             # sum over completion tokens / tokens in the whole step: equal weight per token
-            loss = torch.nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1),
-                ignore_index=-100, reduction="sum") / max(group_tokens, 1)
+            loss = torch.nn.functional.cross_entropy(logits, target[keep], reduction="sum"
+                                                     ) / max(group_tokens, 1)
             loss.backward()
             loss_sum += loss.item()
             n_tok += int(mask.sum())
