@@ -39,6 +39,8 @@ class StudentConfig:
     num_actors: int = _f(1, "vLLM engines (Ray actors) to shard requests across")
     num_gpus: float = _f(0.0, "GPUs per actor (0 on CPU machines)")
     tensor_parallel_size: int = _f(1, "GPUs one engine shards the model across (cluster runs)")
+    enforce_eager: bool = _f(False, "skip vLLM's compilation warm-up: faster start, slower decode "
+                             "(for tiny models and tests)")
     max_lora_rank: int = _f(16, "largest LoRA rank the engine accepts")
     chunked_prefill: bool = _f(False, "split long prefills across steps; off on CPU, where it "
                                "breaks per-request seeds (vLLM cannot rewind a CPU generator)")

@@ -70,6 +70,7 @@ class StudentEngine:
                        seed=cfg.seed, trust_remote_code=False,
                        enable_chunked_prefill=cfg.chunked_prefill,
                        tensor_parallel_size=cfg.tensor_parallel_size,
+                       enforce_eager=cfg.enforce_eager,
                        max_num_batched_tokens=max(cfg.max_model_len, 8192))
         self.tokenizer = self.llm.get_tokenizer()
         self._lora_ids: dict[str, int] = {}

@@ -42,7 +42,7 @@ def student_cfg():
     # fp32: the tiny model is cheap either way, and fp32 lets vLLM's greedy output be compared
     # token for token with transformers + PEFT
     return StudentConfig(model="unused", dtype="float32", kv_cache_gb=1, max_model_len=2048,
-                         cpu_threads="all", max_tokens=48)
+                         cpu_threads="all", max_tokens=48, enforce_eager=True)
 
 
 @pytest.fixture(scope="session")

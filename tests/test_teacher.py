@@ -22,7 +22,7 @@ from tests.faulty_server import FaultyServer
 def vllm_server(tiny_model, tmp_path_factory):
     log = tmp_path_factory.mktemp("server") / "server.log"
     with LocalServer(str(tiny_model), "tiny", log, kv_cache_gb=1, max_model_len=1024,
-                     startup_s=300) as url:
+                     startup_s=600, extra_args=("--enforce-eager",)) as url:
         yield url
 
 
