@@ -105,9 +105,8 @@ def run_distill(cfg: RunConfig, student_pool=None) -> dict:
             with timed(timings, "2-grade"):
                 grades = {g.program_id: g for g in run.stage(
                     "grades", Grade, list(attempts.values()), key=lambda a: a.attempt_id,
-                    rkey=lambda g: g.program_id, compute=lambda chunk: sandbox.grade(
-                        stages.programs_for([(a.attempt_id, tasks[a.task_id], a.code)
-                                             for a in chunk], timeout_s=cfg.sandbox.timeout_s)),
+                    rkey=lambda g: g.program_id, compute=lambda chunk: stages.grade(
+                        sandbox, [(a.attempt_id, tasks[a.task_id], a.code) for a in chunk]),
                     batch=256)}
             with timed(timings, "7a-eval-before"):
                 before = evaluate(pool, sandbox, eval_tasks, cfg.eval, cfg.student, run,
@@ -139,9 +138,9 @@ def run_distill(cfg: RunConfig, student_pool=None) -> dict:
                     return {g.program_id: g for g in run.stage(
                         "verified", Grade, [r for r in refs if r.code is not None],
                         key=lambda r: r.refinement_id, rkey=lambda g: g.program_id, batch=256,
-                        compute=lambda chunk: sandbox.grade(stages.programs_for(
-                            [(r.refinement_id, tasks[r.task_id], r.code) for r in chunk],
-                            timeout_s=cfg.sandbox.timeout_s)))}
+                        compute=lambda chunk: stages.grade(
+                            sandbox, [(r.refinement_id, tasks[r.task_id], r.code)
+                                      for r in chunk]))}
 
             # 3-4 per round: refine the failures; refinements that fail verification go back
             # with their own error next round (ids <attempt>>r<round>.<sample>, resumable)

@@ -56,8 +56,8 @@ def evaluate(pool: StudentPool, sandbox, tasks: Sequence[Task], cfg: EvalConfig,
     by_id = {t.task_id: t for t in tasks}
 
     def grade(atts: list[Attempt], seen_only: bool) -> list[Grade]:
-        return sandbox.grade(stages.programs_for(
-            [(a.attempt_id, by_id[a.task_id], a.code) for a in atts], seen_only=seen_only))
+        return stages.grade(sandbox, [(a.attempt_id, by_id[a.task_id], a.code) for a in atts],
+                            seen_only)
 
     current: list[Attempt] = []
     hidden: dict[str, Grade] = {}   # hidden-test grades of every sample of every round

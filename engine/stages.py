@@ -76,12 +76,14 @@ def sample(pool: StudentPool, jobs: Sequence[SampleJob], *, n: int, temperature:
 
 # -------------------------------------------------------------------------------------- 2. grade
 
-def programs_for(pairs: Sequence[tuple[str, Task, str]], seen_only: bool = False,
-                 timeout_s: float = 10.0) -> list[Program]:
-    """(program_id, task, solution code) -> sandbox Programs against hidden (or seen) tests."""
-    return [Program(pid, prompts.program_code(t, code),
-                    t.seen_tests if seen_only else t.tests, t.setup, timeout_s)
-            for pid, t, code in pairs]
+def grade(sandbox, pairs: Sequence[tuple[str, Task, str]], seen_only: bool = False
+          ) -> list[Grade]:
+    """Grade (program_id, task, solution code) against the task's hidden (or seen) tests, each
+    with the sandbox's configured wall-clock limit."""
+    return sandbox.grade([Program(pid, prompts.program_code(t, code),
+                                  t.seen_tests if seen_only else t.tests, t.setup,
+                                  sandbox.config.timeout_s)
+                          for pid, t, code in pairs])
 
 
 # ------------------------------------------------------------------------------------- 3. refine
