@@ -138,8 +138,11 @@ class EvalConfig:
 @dataclass(frozen=True)
 class RunConfig:
     run_dir: str = _f("", "run directory; empty: runs/<timestamp>. An existing one is resumed")
+    on_change: str = _f("recompute", "resuming with other settings than the run directory's "
+                        "last run: recompute (jobs whose inputs changed are redone, the rest "
+                        "reused) or refuse (stop, naming the changed settings)")
     dataset: str = _f("persd-combined", "dataset to fine-tune on: persd, persd-refine, "
-                      "persd-combined or stand")
+                      "persd-combined, stand or inpd")
     skip_train: bool = _f(False, "stop after building the datasets (no fine-tune, no after-eval)")
     student: StudentConfig = field(default_factory=StudentConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
@@ -149,9 +152,11 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
-        if self.dataset not in ("persd", "persd-refine", "persd-combined", "stand"):
+        if self.dataset not in ("persd", "persd-refine", "persd-combined", "stand", "inpd"):
             raise ValueError(f"dataset: {self.dataset!r} is not one of persd, persd-refine, "
-                             "persd-combined, stand")
+                             "persd-combined, stand, inpd")
+        if self.on_change not in ("recompute", "refuse"):
+            raise ValueError(f"on_change: {self.on_change!r} is not recompute or refuse")
         if any(k > self.eval.n for k in self.eval.k):
             raise ValueError(f"eval.k: every k must be <= eval.n ({self.eval.n}), got {self.eval.k}")
         if self.student.prompt_format not in ("chat", "completion"):

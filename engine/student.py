@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 
 from engine.config import StudentConfig
+from engine.store import content_hash
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class GenOutput:
     texts: tuple[str, ...]          # n completions
     completion_tokens: int          # summed over the n completions
     prompt_tokens: int
+    model_id: str = ""              # content hash of the weights the engine loaded
+    adapter_id: str | None = None   # content hash of the adapter it applied (None: none)
 
 
 def _actor_env(cfg: StudentConfig) -> dict[str, str]:
@@ -73,15 +76,19 @@ class StudentEngine:
                        enforce_eager=cfg.enforce_eager,
                        max_num_batched_tokens=max(cfg.max_model_len, 8192))
         self.tokenizer = self.llm.get_tokenizer()
-        self._lora_ids: dict[str, int] = {}
+        self.model_id = content_hash(model) if os.path.isdir(model) else f"hub:{model}"
+        self._lora_ids: dict[str, int] = {}   # adapter content hash -> vLLM LoRA id
 
     def _lora(self, path: str | None):
+        """The LoRA request for an adapter directory, keyed by its content: an adapter rewritten
+        at the same path gets a new id, so vLLM never serves its stale cached copy."""
         if path is None:
-            return None
+            return None, None
         from vllm.lora.request import LoRARequest
 
-        lid = self._lora_ids.setdefault(path, len(self._lora_ids) + 1)
-        return LoRARequest(f"adapter-{lid}", lid, path)
+        digest = content_hash(path)
+        lid = self._lora_ids.setdefault(digest, len(self._lora_ids) + 1)
+        return LoRARequest(f"adapter-{lid}", lid, path), digest
 
     def render(self, req: GenRequest) -> str:
         if not req.messages:
@@ -98,10 +105,12 @@ class StudentEngine:
         params = [SamplingParams(n=r.n, temperature=r.temperature, top_p=r.top_p,
                                  max_tokens=r.max_tokens, seed=r.seed, stop=list(r.stop) or None)
                   for r in requests]
-        loras = [self._lora(r.adapter) for r in requests]
+        known = {p: self._lora(p) for p in {r.adapter for r in requests}}
+        loras = [known[r.adapter][0] for r in requests]
         outs = self.llm.generate(prompts, params, lora_request=loras, use_tqdm=False)
         return [GenOutput(r.request_id, tuple(c.text for c in o.outputs),
-                          sum(len(c.token_ids) for c in o.outputs), len(o.prompt_token_ids))
+                          sum(len(c.token_ids) for c in o.outputs), len(o.prompt_token_ids),
+                          self.model_id, known[r.adapter][1])
                 for r, o in zip(requests, outs)]
 
     def ready(self) -> bool:
@@ -156,6 +165,33 @@ class StudentPool:
         self.actors = []
 
     def __enter__(self) -> "StudentPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class LazyPool:
+    """A `StudentPool` started on the first `generate`: a resumed run whose sampling is all
+    done loads no model (a minute of start-up on a CPU, for nothing)."""
+
+    def __init__(self, model: str, cfg: StudentConfig):
+        self.model, self.cfg = model, cfg
+        self.pool: StudentPool | None = None
+
+    def generate(self, requests: list[GenRequest]) -> list[GenOutput]:
+        if not requests:
+            return []
+        if self.pool is None:
+            self.pool = StudentPool(self.model, self.cfg)
+        return self.pool.generate(requests)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
+    def __enter__(self) -> "LazyPool":
         return self
 
     def __exit__(self, *exc) -> None:

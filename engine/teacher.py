@@ -36,6 +36,7 @@ from typing import Callable
 
 import orjson
 
+from engine import faults
 from engine.cache import ResponseCache
 from engine.config import TeacherConfig
 from engine.limits import Slots, TokenBucket
@@ -348,6 +349,7 @@ class Teacher:
                 texts, pt, ct = (texts + got)[:n], pt + p, ct + c
                 rec = {"key": key, "texts": texts, "prompt_tokens": pt, "completion_tokens": ct}
                 await self.cache.put_async(rec)
+                faults.point("teacher-answer")  # durable now: a kill here costs nothing
         except _Failed as f:
             return TeacherReply(key, (), pt, ct, cached=False, error=f.error, failure=f.failure,
                                 cost_usd=self.cost(pt, ct))

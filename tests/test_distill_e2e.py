@@ -9,7 +9,7 @@ import pytest
 
 from engine.config import DataConfig, EvalConfig, RunConfig, TeacherConfig
 from engine.records import Attempt, Example, Grade, Refinement
-from engine.runlog import RunDir
+from engine.store import RunStore
 from engine.tasks import BUILTIN_PATH, load_file
 from tests.tiny import ScriptedTeacher, wrong_on_purpose
 from train.config import TrainConfig
@@ -43,7 +43,7 @@ def e2e(tmp_path_factory, task_file, student_pool, student_cfg, tiny_model):
         # resume: the same run directory again makes no teacher call and redoes nothing
         again = run_distill(cfg, student_pool=student_pool)
         resumed_requests = len(teacher.requests) - first_requests
-    return tasks, RunDir(run_dir), summary, again, first_requests, resumed_requests
+    return tasks, RunStore(run_dir, lock=False), summary, again, first_requests, resumed_requests
 
 
 def test_run_directory_holds_every_stage(e2e):

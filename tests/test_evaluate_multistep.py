@@ -7,7 +7,7 @@ import json
 from engine.config import EvalConfig
 from engine.evaluate import evaluate
 from engine.records import EvalResult, Grade, Task, TestCase
-from engine.runlog import RunDir
+from engine.store import RunStore
 
 HIDDEN_MARK = "777001"
 
@@ -35,7 +35,7 @@ class Recording:
 def test_rounds_use_seen_feedback_only(student_pool, student_cfg, sandbox_pool, tmp_path):
     tasks = [make_task(i) for i in range(3)]
     spy = Recording(student_pool)
-    run = RunDir(tmp_path)
+    run = RunStore(tmp_path)
     cfg = EvalConfig(n=2, k=(1, 2), temperature=1.0, max_tokens=24, rounds=2)
     summary = evaluate(spy, sandbox_pool, tasks, cfg, student_cfg, run, "ms")
     assert len(summary.rounds) == 3 and summary.pass_at == summary.rounds[-1]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from engine.records import EvalResult
-from engine.runlog import RunDir
+from engine.store import RunStore
 from engine.server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,5 +56,7 @@ def test_ray_job_submit_runs_an_evaluation(ray_head, tiny_model, tmp_path):
         time.sleep(5)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "succeeded" in done.stdout + done.stderr
-    results = RunDir(out).read("eval-results", EvalResult)
+    [view] = out.glob("eval-*-results.jsonl")  # named by what was evaluated
+    results = RunStore(out, lock=False).read(view.name.removesuffix(".jsonl"), EvalResult)
     assert [r.n for r in results] == [1, 1]
+    assert all(r.model_id and r.adapter_id is None for r in results)

@@ -168,6 +168,8 @@ def train(data: Path, model_path: str, out: Path, cfg: TrainConfig) -> Path:
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         step, log_rows = state["step"], state["log"]
+        if "rng" in state:  # dropout draws continue where they were: a resume trains the same
+            torch.set_rng_state(state["rng"])
         # the log restarts from the checkpoint: steps after it were lost with the kill
         (out / "train-log.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in log_rows))
         print(f"[train] resumed from step {step}", file=sys.stderr)
@@ -177,7 +179,7 @@ def train(data: Path, model_path: str, out: Path, cfg: TrainConfig) -> Path:
         weights = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
         tmp = ckpt / "state.pt.tmp"
         torch.save({"weights": weights, "opt": opt.state_dict(), "sched": sched.state_dict(),
-                    "step": step, "log": log_rows}, tmp)
+                    "step": step, "log": log_rows, "rng": torch.get_rng_state()}, tmp)
         os.replace(tmp, ckpt / "state.pt")  # a kill mid-save keeps the previous checkpoint
 
     micro = [b for epoch in range(math.ceil(cfg.epochs))

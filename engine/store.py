@@ -1,0 +1,246 @@
+"""The run store: every finished job's records in SQLite, keyed by stage, job id and fingerprint.
+
+Why SQLite (measured against fsynced JSONL in `benchmarks/bench_store.py`): the records of a
+batch of jobs commit in one transaction, so a job's records (n samples, n teacher choices) are
+visible all together or not at all; a commit is durable when it returns (WAL, synchronous=FULL);
+a kill mid-write leaves the last committed state and nothing to repair; the primary key makes a
+duplicated record impossible.
+
+A job's *fingerprint* hashes everything that determines its records: the request actually sent
+(rendered prompt, sampling, seed), the model's content hash, the adapter's content hash, the
+teacher endpoint identity, the program and tests graded. On resume a job is reused only when its
+fingerprint matches; a job whose inputs changed is recomputed, and records under old
+fingerprints stay in the store (changing a setting back reuses them). Upstream changes flow down
+by construction: a recomputed attempt has new code, so its grade's fingerprint changes too.
+
+Users still read plain JSONL: at the end of each stage its current records are exported to
+`<stage>.jsonl`, rewritten atomically. The store is the truth; the JSONL files are views.
+
+    store = RunStore(Path("runs/x"))
+    recs = store.stage("grades", Grade, attempts, key=lambda a: a.attempt_id,
+                       fp=lambda a: fingerprint(a.code), rkey=lambda g: g.program_id,
+                       compute=grade_batch)
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence, TypeVar
+
+import orjson
+
+from engine import faults
+from engine.records import from_json, to_json
+from engine.runlog import Progress
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    stage TEXT NOT NULL,       -- e.g. attempts, grades, refinements, eval-before-attempts
+    job   TEXT NOT NULL,       -- the job's stable id (task id, attempt id, refinement id)
+    fp    TEXT NOT NULL,       -- fingerprint of everything that determines the records
+    data  BLOB NOT NULL,       -- orjson array of the job's records
+    t     REAL NOT NULL,       -- unix time of the commit
+    PRIMARY KEY (stage, job, fp)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS invocations (t REAL NOT NULL, info BLOB NOT NULL);
+"""
+
+
+class RunInUse(RuntimeError):
+    """Another live process holds this run directory."""
+
+
+def fingerprint(*parts: Any) -> str:
+    """A stable hash of JSON-able parts (dataclasses, dicts, tuples, strings); 32 hex chars."""
+    data = orjson.dumps(parts, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+class RunStore:
+    """One run directory: `run.db` (the store), `run.lock`, and the JSONL views."""
+
+    def __init__(self, path: str | Path, lock: bool = True):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = None
+        if lock:  # one driver per run directory: a resume never fights a live run
+            self._lock = open(self.path / "run.lock", "a+")
+            try:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._lock.seek(0)
+                holder = self._lock.read().strip() or "another process"
+                self._lock.close()
+                raise RunInUse(f"run directory {self.path} is in use by {holder}; wait for it "
+                               "to end or pick another --run_dir") from None
+            self._lock.truncate(0)
+            self._lock.write(f"pid {os.getpid()}\n")
+            self._lock.flush()
+        self.db = sqlite3.connect(self.path / "run.db", isolation_level=None,
+                                  check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")   # durable at commit, not just consistent
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self) -> "RunStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------ metadata
+
+    def get_meta(self, key: str) -> Any:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return orjson.loads(row[0]) if row else None
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, orjson.dumps(value)))
+
+    def log_invocation(self, info: dict) -> None:
+        self.db.execute("INSERT INTO invocations VALUES (?, ?)", (time.time(), orjson.dumps(info)))
+
+    def invocations(self) -> list[dict]:
+        return [orjson.loads(r[0]) for r in
+                self.db.execute("SELECT info FROM invocations ORDER BY t")]
+
+    # ---------------------------------------------------------------------------------- jobs
+
+    def lookup(self, stage: str, job: str, fp: str) -> list[bytes] | None:
+        """The job's committed records (JSON, one per record), or None if it has none under fp."""
+        row = self.db.execute("SELECT data FROM jobs WHERE stage=? AND job=? AND fp=?",
+                              (stage, job, fp)).fetchone()
+        return None if row is None else [orjson.dumps(x) for x in orjson.loads(row[0])]
+
+    def commit(self, stage: str, jobs: Sequence[tuple[str, str, Sequence[object]]]) -> None:
+        """(job, fp, records) for each job, in one transaction: all of them or none."""
+        if not jobs:
+            return
+        now = time.time()
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for i, (job, fp, recs) in enumerate(jobs):
+                data = b"[" + b",".join(to_json(r) for r in recs) + b"]"
+                self.db.execute("INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?, ?)",
+                                (stage, job, fp, data, now))
+                if i == len(jobs) // 2:
+                    faults.point(f"mid-commit:{stage}")  # the transaction is open: rolled back
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        faults.point(f"after-commit:{stage}")
+
+    def count(self, stage: str) -> int:
+        return self.db.execute("SELECT count(*) FROM jobs WHERE stage=?", (stage,)).fetchone()[0]
+
+    def stage(self, name: str, cls: type[R], items: Sequence[T], *, key: Callable[[T], str],
+              fp: Callable[[T], str], rkey: Callable[[R], str],
+              compute: Callable[[list[T]], list[R]], batch: int = 64,
+              export: bool = True) -> list[R]:
+        """Records of every item, in item order: reused where (key, fp) is committed, else
+        computed `batch` items at a time and committed as each batch finishes.
+
+        `rkey` maps a computed record to its item's key. An item that yields no record (a
+        failed teacher request) commits nothing, so a resumed run computes it again.
+        """
+        faults.point(f"start:{name}")
+        prints = {}
+        found: dict[str, list[R]] = {}
+        todo: list[T] = []
+        for it in items:
+            k = key(it)
+            if k in prints:
+                raise ValueError(f"stage {name}: job id {k!r} appears twice")
+            prints[k] = fp(it)
+            hit = self.lookup(name, k, prints[k])
+            if hit is None:
+                todo.append(it)
+            else:
+                found[k] = [from_json(cls, x) for x in hit]
+        progress = Progress(name, len(items), already=len(items) - len(todo))
+        for i in range(0, len(todo), batch):
+            chunk = todo[i:i + batch]
+            by_job: dict[str, list[R]] = {}
+            for r in compute(chunk):
+                by_job.setdefault(rkey(r), []).append(r)
+            unknown = set(by_job) - {key(it) for it in chunk}
+            if unknown:
+                raise AssertionError(f"stage {name}: records for jobs not asked for: "
+                                     f"{sorted(unknown)[:3]}")
+            self.commit(name, [(k, prints[k], recs) for k, recs in by_job.items()])
+            found.update(by_job)
+            progress.update(len(chunk))
+        progress.finish()
+        out = [r for it in items for r in found.get(key(it), ())]
+        if export:
+            self.export(name, out)
+        return out
+
+    # ------------------------------------------------------------------------ the JSONL views
+
+    def file(self, name: str) -> Path:
+        return self.path / f"{name}.jsonl"
+
+    def export(self, name: str, records: Iterable[object]) -> None:
+        """Atomically replace `<name>.jsonl`: a kill mid-write leaves the previous file."""
+        tmp = self.file(name).with_suffix(".jsonl.tmp")
+        with open(tmp, "wb") as f:
+            for i, r in enumerate(records):
+                f.write(to_json(r) + b"\n")
+                if i == 0:
+                    faults.point(f"mid-export:{name}")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.file(name))
+
+    def read(self, name: str, cls: type[T]) -> list[T]:
+        """A JSONL view as records (what a user reading the run directory sees)."""
+        path = self.file(name)
+        if not path.exists():
+            return []
+        return [from_json(cls, line) for line in path.read_bytes().splitlines() if line]
+
+
+def content_hash(path: str | Path) -> str:
+    """sha256 over the relative names and bytes of every file under `path` (a model or adapter
+    directory); 32 hex chars. Big directories are hashed once per (path, size, mtime) set and
+    remembered under the persd cache, so a resumed run does not reread gigabytes of weights."""
+    root = Path(path).resolve()
+    files = sorted(p for p in root.rglob("*") if p.is_file() and "checkpoint" not in p.parts)
+    stat = [(str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    memo = None
+    if sum(s for _, s, _ in stat) > (64 << 20):
+        from engine.models import cache_root
+
+        memo = cache_root() / "content-hashes" / f"{fingerprint(str(root), stat)}.txt"
+        if memo.exists():
+            return memo.read_text().strip()
+    h = hashlib.sha256()
+    for p, (rel, _, _) in zip(files, stat):
+        h.update(rel.encode() + b"\0")
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        h.update(b"\0")
+    digest = h.hexdigest()[:32]
+    if memo is not None:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(digest)
+        os.replace(tmp, memo)
+    return digest
