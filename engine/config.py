@@ -157,6 +157,12 @@ class RunConfig:
                              "persd-combined, stand, inpd")
         if self.on_change not in ("recompute", "refuse"):
             raise ValueError(f"on_change: {self.on_change!r} is not recompute or refuse")
+        if self.student.samples > 1 and self.student.temperature == 0:
+            raise ValueError("student.samples: greedy decoding (student.temperature 0) gives one "
+                             f"sample, not {self.student.samples}; set a temperature > 0")
+        if self.eval.n > 1 and self.eval.temperature == 0:
+            raise ValueError(f"eval.n: greedy decoding (eval.temperature 0) gives one sample, "
+                             f"not {self.eval.n}; set a temperature > 0")
         if any(k > self.eval.n for k in self.eval.k):
             raise ValueError(f"eval.k: every k must be <= eval.n ({self.eval.n}), got {self.eval.k}")
         if self.student.prompt_format not in ("chat", "completion"):

@@ -114,7 +114,7 @@ def provenance() -> dict:
 def open_run(cfg: RunConfig) -> RunStore:
     """Open (or create) the run directory's store; compare, record and write the settings."""
     run = RunStore(cfg.run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
-    new = to_dict(cfg)
+    new = json.loads(json.dumps(to_dict(cfg)))  # as stored: tuples become lists
     changes = changed_settings(run.get_meta("config"), new)
     if changes and cfg.on_change == "refuse":
         run.close()
@@ -291,6 +291,7 @@ def _run(cfg: RunConfig, run: RunStore, student_pool) -> dict:
     summary["eval"] = {"tasks": len(eval_tasks), "n": cfg.eval.n, "set": cfg.data.eval_tasks,
                        "without_samples": before.without_samples}
     summary["seconds_per_stage"] = timings
+    summary["jobs"] = run.stats  # per stage: reused from the store / computed by this process
     tmp = run.path / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2))
     os.replace(tmp, run.path / "summary.json")

@@ -91,13 +91,8 @@ def evaluate(pool: StudentPool, sandbox, tasks: Sequence[Task], cfg: EvalConfig,
     decoding = {k: getattr(student, k) for k in ("dtype", "max_model_len", "prompt_format")}
 
     def grade_stage(stage: str, atts: list[Attempt], seen_only: bool) -> dict[str, Grade]:
-        progs = {a.attempt_id: stages.program(sandbox.config, a.attempt_id, by_id[a.task_id],
-                                              a.code, seen_only) for a in atts}
-        return {g.program_id: g for g in run.stage(
-            stage, Grade, atts, key=lambda a: a.attempt_id,
-            fp=lambda a: stages.program_fingerprint(sandbox.config, progs[a.attempt_id]),
-            rkey=lambda g: g.program_id, batch=256,
-            compute=lambda c: sandbox.grade([progs[a.attempt_id] for a in c]))}
+        return stages.grade_stage(run, stage, sandbox, [
+            (a.attempt_id, by_id[a.task_id], a.code) for a in atts], seen_only)
 
     current: list[Attempt] = []
     hidden: dict[str, Grade] = {}   # hidden-test grades of every sample of every round
@@ -115,19 +110,9 @@ def evaluate(pool: StudentPool, sandbox, tasks: Sequence[Task], cfg: EvalConfig,
         sampling = dict(n=n, temperature=cfg.temperature, top_p=cfg.top_p,
                         max_tokens=cfg.max_tokens, seed=student.seed + r,
                         prompt_format=student.prompt_format, adapter=adapter)
-        reqs = {q.request_id: dataclasses.replace(q, adapter=None)
-                for q in stages.sample_requests(jobs, **sampling)}
-        new = run.stage(f"{tag}-attempts", Attempt, jobs, key=lambda j: j.job_id,
-                        fp=lambda j: fingerprint("attempt", model_id, adapter_id, decoding,
-                                                 reqs[j.job_id]),
-                        rkey=lambda a: a.attempt_id.rsplit("#", 1)[0],
-                        compute=lambda chunk, s=sampling: stages.sample(pool, chunk, **s),
-                        batch=len(jobs) or 1)  # one submission: vLLM batches it continuously
-        for a in new:
-            if (model_id and a.model_id != model_id) or a.adapter_id != adapter_id:
-                raise RuntimeError(f"{tag}: sample {a.attempt_id} came from model {a.model_id} "
-                                   f"with adapter {a.adapter_id}, not the model {model_id} with "
-                                   f"adapter {adapter_id} that was asked for")
+        # one submission per round: vLLM batches it continuously
+        new = stages.attempt_stage(run, f"{tag}-attempts", pool, jobs, model_id=model_id,
+                                   decoding=decoding, sampling=sampling)
         hidden.update(grade_stage(f"{tag}-grades", new, False))
         if r == 0:
             current = new
@@ -150,10 +135,7 @@ def evaluate(pool: StudentPool, sandbox, tasks: Sequence[Task], cfg: EvalConfig,
 
 
 def main(argv: list[str] | None = None) -> None:
-    from engine.models import resolve_model
     from engine.tasks import load_tasks
-    from sandbox.config import SandboxConfig
-    from sandbox.pool import SandboxPool
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", default=StudentConfig.model)
@@ -175,21 +157,35 @@ def main(argv: list[str] | None = None) -> None:
     cfg = EvalConfig(n=args.n, k=ks, temperature=args.temperature, max_tokens=args.max_tokens,
                      rounds=args.rounds)
     student = StudentConfig(model=args.model, prompt_format=args.prompt_format)
-    tasks = load_tasks(args.tasks, args.limit)
-    model_dir = resolve_model(args.model)
-    model_id = content_hash(model_dir) if Path(model_dir).is_dir() else f"hub:{model_dir}"
-    adapter_id = content_hash(args.adapter) if args.adapter else None
-    # results live under what was evaluated, so one --out holds many models and adapters
-    name = f"eval-{eval_id(model_id, adapter_id, cfg, student, tasks)[:12]}"
-    with RunStore(args.out) as run, LazyPool(model_dir, student) as pool, \
-            SandboxPool(SandboxConfig()) as sb:
-        s = evaluate(pool, sb, tasks, cfg, student, run, name, args.adapter, model_id)
-    out = {"name": name, "model": args.model, "model_id": model_id, "adapter": args.adapter,
-           "adapter_id": adapter_id, "tasks": args.tasks, "limit": args.limit,
-           "eval": dataclasses.asdict(cfg), "n_tasks": s.tasks, "pass_at": s.pass_at,
-           "per_round": list(s.rounds), "without_samples": s.without_samples}
-    (Path(args.out) / f"{name}-summary.json").write_text(json.dumps(out, indent=2))
+    out = evaluate_into(Path(args.out), args.model, args.adapter, load_tasks(args.tasks, args.limit),
+                        cfg, student, task_spec=args.tasks)
     print(json.dumps(out))
+
+
+def evaluate_into(out_dir: Path, model: str, adapter: str | None, tasks: Sequence[Task],
+                  cfg: EvalConfig, student: StudentConfig, pool=None, task_spec: str = "") -> dict:
+    """Evaluate into `out_dir` under a name made from what is evaluated, and return (and write
+    as `<name>-summary.json`) the result. `pool`: an open student pool (tests), else one is
+    started when a sample is missing."""
+    from engine.models import resolve_model
+    from sandbox.config import SandboxConfig
+    from sandbox.pool import SandboxPool
+
+    model_dir = resolve_model(model)
+    model_id = content_hash(model_dir) if Path(model_dir).is_dir() else f"hub:{model_dir}"
+    adapter_id = content_hash(adapter) if adapter else None
+    # results live under what was evaluated, so one directory holds many models and adapters
+    name = f"eval-{eval_id(model_id, adapter_id, cfg, student, tasks)[:12]}"
+    with RunStore(out_dir) as run, LazyPool(model_dir, student) as lazy, \
+            SandboxPool(SandboxConfig()) as sb:
+        s = evaluate(pool or lazy, sb, tasks, cfg, student, run, name, adapter, model_id)
+    result = {"name": name, "model": model, "model_id": model_id, "adapter": adapter,
+              "adapter_id": adapter_id, "tasks": task_spec, "n_tasks": s.tasks,
+              "task_set_id": task_set_id(tasks), "eval": dataclasses.asdict(cfg),
+              "pass_at": s.pass_at, "per_round": list(s.rounds),
+              "without_samples": s.without_samples}
+    (out_dir / f"{name}-summary.json").write_text(json.dumps(result, indent=2))
+    return result
 
 
 if __name__ == "__main__":

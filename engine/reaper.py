@@ -45,19 +45,19 @@ def holders(token: str, skip: set[int]) -> list[int]:
 
 def reap(token: str) -> int:
     """SIGKILL every holder until two scans in a row find none; returns how many were killed."""
-    me, killed, quiet = {os.getpid()}, 0, 0
+    me, killed, quiet = {os.getpid()}, set(), 0
     deadline = time.monotonic() + 30
-    while quiet < 2 and time.monotonic() < deadline:
+    while quiet < 3 and time.monotonic() < deadline:
         pids = holders(token, me)
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
-                killed += 1
+                killed.add(pid)
             except ProcessLookupError:
                 pass
         quiet = 0 if pids else quiet + 1
-        time.sleep(0.1)
-    return killed
+        time.sleep(0.1 if pids else 0.5)  # a process forked by a dying parent shows up late
+    return len(killed)
 
 
 def wait_for_exit(pid: int) -> None:

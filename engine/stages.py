@@ -118,18 +118,21 @@ def attempt_stage(store: RunStore, name: str, pool, jobs: Sequence[SampleJob], *
     adapter_id = content_hash(adapter) if adapter else None
     reqs = {q.request_id: dataclasses.replace(q, adapter=None)
             for q in sample_requests(jobs, **sampling)}
-    out = store.stage(name, Attempt, jobs, key=lambda j: j.job_id,
-                      fp=lambda j: fingerprint("attempt", model_id, adapter_id, decoding,
-                                               reqs[j.job_id]),
-                      rkey=lambda a: a.attempt_id.rsplit("#", 1)[0],
-                      compute=lambda chunk: sample(pool, chunk, **sampling),
-                      batch=batch or max(len(jobs), 1))
-    for a in out:
-        if (model_id and a.model_id != model_id) or a.adapter_id != adapter_id:
-            raise RuntimeError(f"{name}: sample {a.attempt_id} came from model {a.model_id} "
-                               f"with adapter {a.adapter_id}, not the model {model_id} with "
-                               f"adapter {adapter_id} that was asked for")
-    return out
+
+    def checked(chunk: list[SampleJob]) -> list[Attempt]:
+        got = sample(pool, chunk, **sampling)
+        for a in got:  # before the commit: the store never holds a sample under a false name
+            if (model_id and a.model_id != model_id) or a.adapter_id != adapter_id:
+                raise RuntimeError(f"{name}: sample {a.attempt_id} came from model {a.model_id} "
+                                   f"with adapter {a.adapter_id}, not the model {model_id} with "
+                                   f"adapter {adapter_id} that was asked for")
+        return got
+
+    return store.stage(name, Attempt, jobs, key=lambda j: j.job_id,
+                       fp=lambda j: fingerprint("attempt", model_id, adapter_id, decoding,
+                                                reqs[j.job_id]),
+                       rkey=lambda a: a.attempt_id.rsplit("#", 1)[0], compute=checked,
+                       batch=batch or max(len(jobs), 1))
 
 
 def grade_stage(store: RunStore, name: str, sandbox, items: Sequence[tuple[str, Task, str]],

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 import orjson
 
 from engine import faults
-from engine.records import from_json, to_json
+from engine.records import from_dict, from_json, to_json
 from engine.runlog import Progress
 
 T = TypeVar("T")
@@ -89,6 +89,7 @@ class RunStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")   # durable at commit, not just consistent
         self.db.executescript(SCHEMA)
+        self.stats: dict[str, dict[str, int]] = {}  # stage -> jobs reused / computed, this process
 
     def close(self) -> None:
         self.db.close()
@@ -120,11 +121,11 @@ class RunStore:
 
     # ---------------------------------------------------------------------------------- jobs
 
-    def lookup(self, stage: str, job: str, fp: str) -> list[bytes] | None:
-        """The job's committed records (JSON, one per record), or None if it has none under fp."""
+    def lookup(self, stage: str, job: str, fp: str) -> list[dict] | None:
+        """The job's committed records (decoded JSON), or None if it has none under fp."""
         row = self.db.execute("SELECT data FROM jobs WHERE stage=? AND job=? AND fp=?",
                               (stage, job, fp)).fetchone()
-        return None if row is None else [orjson.dumps(x) for x in orjson.loads(row[0])]
+        return None if row is None else orjson.loads(row[0])
 
     def commit(self, stage: str, jobs: Sequence[tuple[str, str, Sequence[object]]]) -> None:
         """(job, fp, records) for each job, in one transaction: all of them or none."""
@@ -171,7 +172,10 @@ class RunStore:
             if hit is None:
                 todo.append(it)
             else:
-                found[k] = [from_json(cls, x) for x in hit]
+                found[k] = [from_dict(cls, x) for x in hit]
+        st = self.stats.setdefault(name, {"reused": 0, "computed": 0})
+        st["reused"] += len(items) - len(todo)
+        st["computed"] += len(todo)
         progress = Progress(name, len(items), already=len(items) - len(todo))
         for i in range(0, len(todo), batch):
             chunk = todo[i:i + batch]
@@ -210,10 +214,15 @@ class RunStore:
 
     def read(self, name: str, cls: type[T]) -> list[T]:
         """A JSONL view as records (what a user reading the run directory sees)."""
-        path = self.file(name)
-        if not path.exists():
-            return []
-        return [from_json(cls, line) for line in path.read_bytes().splitlines() if line]
+        return read_view(self.path, name, cls)
+
+
+def read_view(run_dir: str | Path, name: str, cls: type[T]) -> list[T]:
+    """A JSONL view of a run directory as records, without opening its store."""
+    path = Path(run_dir) / f"{name}.jsonl"
+    if not path.exists():
+        return []
+    return [from_json(cls, line) for line in path.read_bytes().splitlines() if line]
 
 
 def content_hash(path: str | Path) -> str:
