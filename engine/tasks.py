@@ -24,6 +24,7 @@ from typing import Iterable, Iterator
 
 import orjson
 
+from engine.docstring_tests import docstring_examples, verify_seen_tests
 from engine.records import Task, TestCase
 
 BUILTIN_PATH = Path(__file__).parent / "data" / "tasks.jsonl"
@@ -87,39 +88,16 @@ def check_to_tests(test_src: str, entry_point: str) -> tuple[str, tuple[TestCase
     return "\n".join(setup), tuple(tests)
 
 
-_DOCTEST = re.compile(r">>>\s*(.+?)\n\s*(\S.*?)\s*$", re.M)
-
-
-def docstring_tests(prompt: str, entry_point: str) -> tuple[TestCase, ...]:
-    """The `>>> call` / `result` examples of a HumanEval docstring: what a model may be shown."""
-    out = []
-    for call, expected in _DOCTEST.findall(prompt):
-        if entry_point in call and not expected.startswith(">>>"):
-            src = f"assert {call} == {expected}"
-            try:
-                ast.parse(src)
-            except SyntaxError:
-                continue
-            out.append(TestCase(src, call, expected))
-    return tuple(out)
-
-
 # ---------------------------------------------------------------------------------- record parsing
 
 def _from_humaneval(d: dict, where: str) -> Task:
     # Scoring always uses the original `test`: the PersDistill `test_all` rewrite is not valid
-    # Python for some tasks. Seen tests: `test_seen` (docstring examples) where it parses, else
-    # the `>>>` examples of the docstring.
+    # Python for some tasks. Seen tests: the docstring's examples, which the prompt shows (not
+    # PersDistill's `test_seen`, which does not parse for some tasks and has no call/expected);
+    # load_file drops those the canonical solution fails.
     ep = d["entry_point"]
     setup, tests = check_to_tests(d["test"], ep)
-    seen: tuple[TestCase, ...] = ()
-    if d.get("test_seen"):
-        try:
-            seen_setup, seen = check_to_tests(d["test_seen"], ep)
-            seen = tuple(TestCase(f"{seen_setup}\n{t.source}") for t in seen)
-        except SyntaxError:
-            seen = ()
-    seen = seen or docstring_tests(d["prompt"], ep)
+    seen = docstring_examples(d["prompt"], ep)
     return Task(task_id=str(d["task_id"]), prompt=d["prompt"], entry_point=ep, tests=tests,
                 seen_tests=seen, setup=setup, instruction="",
                 reference=d["prompt"] + d["canonical_solution"], source=where,
@@ -194,7 +172,9 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
                 yield i, line
 
 
-def load_file(path: str | Path) -> list[Task]:
+def load_file(path: str | Path, verify_seen: bool = True) -> list[Task]:
+    """Every task of a task file. HumanEval seen tests (docstring examples) that the canonical
+    solution fails are dropped (`verify_seen`; this starts a small sandbox pool)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"task file {path} does not exist")
@@ -222,7 +202,7 @@ def load_file(path: str | Path) -> list[Task]:
         tasks.append(task)
     if not tasks:
         raise TaskFileError(f"{path}: no tasks")
-    return tasks
+    return verify_seen_tests(tasks) if verify_seen and fmt == "humaneval" else tasks
 
 
 def humaneval_package_file() -> Path:
@@ -246,17 +226,18 @@ def split_tasks(tasks: Iterable[Task], heldout_fraction: float = 0.2, seed: int 
     return train, held
 
 
-def load_tasks(spec: str, limit: int = 0) -> list[Task]:
-    """Resolve a task spec (a name above, or a path) and keep the first `limit` (0 = all)."""
+def load_tasks(spec: str, limit: int = 0, verify_seen: bool = True) -> list[Task]:
+    """Resolve a task spec (a name above, or a path) and keep the first `limit` (0 = all);
+    `verify_seen` as in load_file."""
     if spec in ("builtin", "builtin-heldout", "builtin-all"):
         all_tasks = load_file(BUILTIN_PATH)
         train, held = split_tasks(all_tasks)
         tasks = {"builtin": train, "builtin-heldout": held, "builtin-all": all_tasks}[spec]
     elif spec == "humaneval":
-        tasks = load_file(humaneval_package_file())
+        tasks = load_file(humaneval_package_file(), verify_seen)
     elif spec.startswith("mbpp-test:"):  # the standard MBPP test split: task ids 11-510
         tasks = [t for t in load_file(spec.split(":", 1)[1])
                  if 11 <= int(t.task_id.split("/")[1]) <= 510]
     else:
-        tasks = load_file(spec)
+        tasks = load_file(spec, verify_seen)
     return tasks[:limit] if limit else tasks
