@@ -60,7 +60,13 @@ class TeacherConfig:
     api: str = _f("chat", "chat (/chat/completions, messages) or completions (/completions, the "
                   "messages joined into one prompt, for base models)")
     api_key_env: str = _f("OPENAI_API_KEY", "environment variable holding the API key (never logged)")
-    template: str = _f("refine-feedback", "refinement prompt template (see engine/prompts.py)")
+    template: str = _f("refine-feedback", "refinement prompt template (see engine/prompts.py): "
+                       "refine-feedback, refine-nofeedback, reference-guided, "
+                       "reference-two-turn (the paper's), auto (two-turn where a reference "
+                       "exists)")
+    retry_temperature: float = _f(0.8, "a refinement that came back unchanged is asked again "
+                                  "next round at this temperature (with a per-round seed), "
+                                  "never as the same request")
     temperature: float = _f(0.0, "teacher sampling temperature")
     top_p: float = _f(1.0, "teacher nucleus sampling mass")
     max_tokens: int = _f(768, "longest teacher reply in tokens")
@@ -91,6 +97,8 @@ class TeacherConfig:
     budget_usd: float = _f(0.0, "most USD this process may spend on teacher calls; a call that "
                            "could cross it is not sent, its request fails with reason budget "
                            "(0 = none)")
+    keep: str = _f("closest", "of several passing refinements of one attempt: closest (the one "
+                   "most similar to the student's attempt) or all")
     stand: bool = _f(True, "also ask the teacher for every task (the StanD baseline dataset)")
     server_kv_cache_gb: int = _f(4, "KV cache of the locally started teacher server, GiB")
     server_startup_s: float = _f(900.0, "how long to wait for the local teacher server to come up")
@@ -110,6 +118,8 @@ class TeacherConfig:
                      "circuit_window_s", "budget_usd"):
             if getattr(self, name) < 0:
                 raise ValueError(f"teacher.{name}: must be >= 0, got {getattr(self, name)}")
+        if self.keep not in ("closest", "all"):
+            raise ValueError(f"teacher.keep: {self.keep!r} is not closest or all")
         if self.timeout_s <= 0:
             raise ValueError(f"teacher.timeout_s: must be > 0, got {self.timeout_s}")
 
@@ -135,6 +145,9 @@ class EvalConfig:
                      "that fail the seen tests, shown seen-test feedback only (0 = single step)")
 
 
+DATASETS = ("persd", "persd-refine", "persd-combined", "stand", "stand-matched", "inpd")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     run_dir: str = _f("", "run directory; empty: runs/<timestamp>. An existing one is resumed")
@@ -142,7 +155,7 @@ class RunConfig:
                         "last run: recompute (jobs whose inputs changed are redone, the rest "
                         "reused) or refuse (stop, naming the changed settings)")
     dataset: str = _f("persd-combined", "dataset to fine-tune on: persd, persd-refine, "
-                      "persd-combined, stand or inpd")
+                      "persd-combined, stand, stand-matched (StanD cut to PersD's size) or inpd")
     skip_train: bool = _f(False, "stop after building the datasets (no fine-tune, no after-eval)")
     student: StudentConfig = field(default_factory=StudentConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
@@ -152,9 +165,8 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
-        if self.dataset not in ("persd", "persd-refine", "persd-combined", "stand", "inpd"):
-            raise ValueError(f"dataset: {self.dataset!r} is not one of persd, persd-refine, "
-                             "persd-combined, stand, inpd")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset: {self.dataset!r} is not one of {', '.join(DATASETS)}")
         if self.on_change not in ("recompute", "refuse"):
             raise ValueError(f"on_change: {self.on_change!r} is not recompute or refuse")
         if self.student.samples > 1 and self.student.temperature == 0:

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
-from engine import faults, stages
+from engine import faults, personal, stages
 from engine.config import RunConfig, add_config_args, config_from_args, to_dict
 from engine.records import Grade, Refinement
 from engine.store import RunStore, RunInUse, content_hash, fingerprint
@@ -160,6 +160,7 @@ def _run(cfg: RunConfig, run: RunStore, student_pool) -> dict:
     from engine.evaluate import evaluate
     from engine.models import resolve_model
     from engine.student import LazyPool
+    from engine.docstring_tests import verify_seen_tests
     from engine.tasks import load_tasks
     from engine.teacher import Teacher
     from sandbox.pool import SandboxPool
@@ -168,20 +169,25 @@ def _run(cfg: RunConfig, run: RunStore, student_pool) -> dict:
     timings: dict[str, float] = {}
     summary: dict = {"run_dir": str(run.path), "dataset": cfg.dataset}
 
-    with timed(timings, "0-setup"):
-        train_tasks = load_tasks(cfg.data.train_tasks, cfg.data.train_limit)
-        eval_tasks = load_tasks(cfg.data.eval_tasks, cfg.data.eval_limit)
-        student_dir = resolve_model(cfg.student.model)
-        student_id = model_identity(student_dir)
-        tasks = {t.task_id: t for t in train_tasks}
-    st = cfg.student
-    decoding = {"dtype": st.dtype, "max_model_len": st.max_model_len,
-                "prompt_format": st.prompt_format}
-    sampling = dict(n=st.samples, temperature=st.temperature, top_p=st.top_p,
-                    max_tokens=st.max_tokens, seed=st.seed, prompt_format=st.prompt_format)
     sandbox = SandboxPool(cfg.sandbox)
-    pool = student_pool if student_pool is not None else LazyPool(student_dir, cfg.student)
+    pool = student_pool
     try:
+        with timed(timings, "0-setup"):
+            # seen tests are checked against the references in this run's own sandbox pool
+            train_tasks = verify_seen_tests(load_tasks(
+                cfg.data.train_tasks, cfg.data.train_limit, verify_seen=False), sandbox)
+            eval_tasks = verify_seen_tests(load_tasks(
+                cfg.data.eval_tasks, cfg.data.eval_limit, verify_seen=False), sandbox)
+            student_dir = resolve_model(cfg.student.model)
+            student_id = model_identity(student_dir)
+            tasks = {t.task_id: t for t in train_tasks}
+        st = cfg.student
+        decoding = {"dtype": st.dtype, "max_model_len": st.max_model_len,
+                    "prompt_format": st.prompt_format}
+        sampling = dict(n=st.samples, temperature=st.temperature, top_p=st.top_p,
+                        max_tokens=st.max_tokens, seed=st.seed, prompt_format=st.prompt_format)
+        if pool is None:
+            pool = LazyPool(student_dir, cfg.student)
         with timed(timings, "1-attempt"):
             attempts = {a.attempt_id: a for a in stages.attempt_stage(
                 run, "attempts", pool, stages.task_jobs(train_tasks), model_id=student_id,
@@ -225,7 +231,8 @@ def _run(cfg: RunConfig, run: RunStore, student_pool) -> dict:
                 all_refs.update(refs)
                 if len(rounds) == tc.rounds:
                     break
-                rounds.append(stages.next_round_jobs(rounds[-1], refs, verify(list(refs.values()))))
+                rounds.append(stages.next_round_jobs(rounds[-1], refs, verify(list(refs.values())),
+                                                     tc.retry_temperature))
             stand_round = stages.stand_jobs(train_tasks) if tc.stand else []
             with timed(timings, "3-refine"):
                 stand_refs = stages.refine_stage(run, "stand-answers", teacher, stand_round,
@@ -237,9 +244,11 @@ def _run(cfg: RunConfig, run: RunStore, student_pool) -> dict:
 
         with timed(timings, "5-datasets"):
             datasets = stages.build_datasets(tasks, attempts, grades, stages.one_per_attempt(
-                refinements + stand, verified), verified)
+                refinements + stand, verified, attempts, tc.keep), verified)
             for name, examples in datasets.items():
                 run.export(name, examples)
+            personal_rows = stages.personalisation(datasets, attempts, grades, tasks)
+            run.export("personalisation", personal_rows)
 
         def passed(rid: str) -> bool:
             return rid in verified and verified[rid].passed
@@ -252,6 +261,7 @@ def _run(cfg: RunConfig, run: RunStore, student_pool) -> dict:
                     "prompt_tokens": pt, "completion_tokens": ct,
                     "cost_usd": round(teacher.cost(pt, ct), 6),  # every answer used, at list price
                     "extraction_failed": sum(r.code is None for r in recs),
+                    "unchanged": sum(r.unchanged for r in recs),  # the code it was shown
                     "verified": sum(passed(r.refinement_id) for r in recs),
                     "this_run": asdict(teacher.usage.get(stage, Usage()))}  # incl. failed by reason
         summary["teacher"] = {
@@ -263,6 +273,7 @@ def _run(cfg: RunConfig, run: RunStore, student_pool) -> dict:
             "stand": tokens(stand, stand_round, "stand"),
             "calls_sent_this_run": teacher.calls, "spent_usd_this_run": round(teacher.spent_usd, 6)}
         summary["datasets"] = {k: len(v) for k, v in datasets.items()}
+        summary["personalisation"] = personal.summarise(personal_rows)
         summary["student"] = {"model": cfg.student.model, "model_id": student_id}
         summary["pass_before"] = before.pass_at
         if cfg.eval.rounds:
@@ -286,7 +297,7 @@ def _run(cfg: RunConfig, run: RunStore, student_pool) -> dict:
                 summary["pass_after_per_round"] = list(after.rounds)
     finally:
         sandbox.close()
-        if student_pool is None:
+        if student_pool is None and pool is not None:
             pool.close()
     summary["eval"] = {"tasks": len(eval_tasks), "n": cfg.eval.n, "set": cfg.data.eval_tasks,
                        "without_samples": before.without_samples}

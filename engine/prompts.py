@@ -6,7 +6,9 @@ Teacher templates follow the paper's variants (Chen et al. 2023, sec. 3 and appe
 |-------------------|---------------------------------------------------|-----------------------|
 | refine-feedback   | task, student code, execution feedback (default)  | PersD refinements     |
 | refine-nofeedback | task, student code; writes its own critique first | PersD without tests   |
-| reference-guided  | task, student code, feedback, reference solution  | the paper's code path |
+| reference-guided  | task, student code, feedback, reference solution  | one-turn variant      |
+| reference-two-turn| the task answered by the reference (first assistant turn), then the student's code and error | the paper's released prompt |
+| auto              | reference-two-turn where the task has a reference, else refine-feedback | default |
 | answer            | task only                                         | StanD answers         |
 """
 from __future__ import annotations
@@ -39,6 +41,24 @@ def refine_message(task: Task, code: str, feedback: str) -> str:
             "Fix the code. Reply with the whole corrected function in one ```python code block.")
 
 
+def resolve_template(template: str, task: Task) -> str:
+    """`auto`: the paper's two-turn prompt where the task has a reference, else refine-feedback."""
+    if template == "auto":
+        return "reference-two-turn" if task.reference else "refine-feedback"
+    if template == "reference-two-turn" and not task.reference:
+        return "refine-feedback"
+    return template
+
+
+def cut_words(text: str, words: int = 50) -> str:
+    """Each line of `text` cut to `words` words (the paper cuts input, output and expected)."""
+    out = []
+    for line in text.strip().splitlines():
+        parts = line.split()
+        out.append(" ".join(parts[:words]) + (" ..." if len(parts) > words else ""))
+    return "\n".join(out)
+
+
 def teacher_messages(template: str, task: Task, code: str = "", feedback: str = ""
                      ) -> list[dict[str, str]]:
     """Chat messages for the teacher under a named template (see the table above)."""
@@ -48,6 +68,19 @@ def teacher_messages(template: str, task: Task, code: str = "", feedback: str = 
         return [system, {"role": "user", "content": task_message(task)}]
     if template not in TEMPLATES:
         raise ValueError(f"teacher.template: unknown template {template!r}; one of {TEMPLATES}")
+    template = resolve_template(template, task)
+    if template == "reference-two-turn":
+        # The paper's released error prompt: the correct solution is the teacher's own first
+        # turn, so the second turn asks it to rectify the student's code toward a known answer.
+        return [system, {"role": "user", "content": task_message(task)},
+                {"role": "assistant", "content": f"```python\n{task.reference.rstrip()}\n```"},
+                {"role": "user", "content": (
+                    "Here is a student's attempt at the same task, which is incorrect:\n"
+                    f"```python\n{code.rstrip()}\n```\nRunning it against the tests gives:\n"
+                    f"{cut_words(feedback)}\n\nRectify the student's code: return the corrected "
+                    "code that is closest to the student's code, changing whatever is needed to "
+                    "pass the tests; if it is badly wrong, rewrite it. Never return it unchanged. "
+                    "Reply with the whole corrected code in one ```python code block.")}]
     parts = [task_message(task),
              f"A student wrote this code, which is wrong:\n```python\n{code.rstrip()}\n```"]
     if template in ("refine-feedback", "reference-guided"):
@@ -66,7 +99,8 @@ def teacher_messages(template: str, task: Task, code: str = "", feedback: str = 
     return [system, {"role": "user", "content": "\n\n".join(parts)}]
 
 
-TEMPLATES = ("refine-feedback", "refine-nofeedback", "reference-guided", "answer")
+TEMPLATES = ("refine-feedback", "refine-nofeedback", "reference-guided", "reference-two-turn",
+             "auto", "answer")
 
 
 def extract_code(reply: str, entry_point: str, prompt: str = "") -> str | None:

@@ -119,6 +119,7 @@ class Refinement:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached: bool = False   # answered from the durable cache, no money spent
+    unchanged: bool = False  # the code is the code the teacher was shown, once normalised
 
 
 @dataclass(frozen=True)

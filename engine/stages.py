@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
 
-from engine import prompts
+from engine import personal, prompts
 from engine.records import Attempt, Example, Grade, Program, Refinement, Task
 from engine.runlog import Progress
 from engine.store import RunStore, content_hash, fingerprint
@@ -164,6 +164,11 @@ class TeacherJob:
     feedback: str = ""              # that code's execution feedback
     round: int = 0
     chains: tuple[int, ...] = (0,)  # sample indices; the request asks for n = len(chains)
+    sampling: tuple[tuple[str, float], ...] = ()  # per-request overrides, e.g. temperature
+
+    @property
+    def extra(self) -> dict | None:
+        return dict(self.sampling) or None
 
     @property
     def ids(self) -> tuple[str, ...]:
@@ -178,8 +183,12 @@ class TeacherJob:
 
 def first_round_jobs(failed: Sequence[Attempt], tasks: dict[str, Task], grades: dict[str, Grade],
                      template: str, samples: int) -> list[TeacherJob]:
-    return [TeacherJob(tasks[a.task_id], a.attempt_id, template, a.code or a.completion,
-                       grades[a.attempt_id].feedback, 0, tuple(range(samples))) for a in failed]
+    """One request per failed attempt; `auto` becomes the paper's two-turn prompt for tasks
+    with a reference and refine-feedback for the rest."""
+    return [TeacherJob(tasks[a.task_id], a.attempt_id,
+                       prompts.resolve_template(template, tasks[a.task_id]),
+                       a.code or a.completion, grades[a.attempt_id].feedback, 0,
+                       tuple(range(samples))) for a in failed]
 
 
 def stand_jobs(tasks: Sequence[Task]) -> list[TeacherJob]:
@@ -187,10 +196,14 @@ def stand_jobs(tasks: Sequence[Task]) -> list[TeacherJob]:
 
 
 def next_round_jobs(jobs: Sequence[TeacherJob], refinements: dict[str, Refinement],
-                    verified: dict[str, Grade]) -> list[TeacherJob]:
+                    verified: dict[str, Grade], retry_temperature: float = 0.8
+                    ) -> list[TeacherJob]:
     """The next round: each chain whose refinement has code that failed verification goes back
-    with its own error (template refine-feedback), unless its attempt already has a passing
-    refinement in any chain or round: one is all the datasets use."""
+    with its own error, unless its attempt already has a passing refinement in any chain or
+    round: one is all the datasets use. The reference prompts keep their template, the others
+    become refine-feedback. A refinement that came back `unchanged` would make the very request
+    that produced it again (same code, same error): it is sent at `retry_temperature` with a
+    per-round seed instead, never the same request twice."""
     solved = {r.attempt_id for r in refinements.values()
               if r.refinement_id in verified and verified[r.refinement_id].passed}
     out = []
@@ -201,8 +214,13 @@ def next_round_jobs(jobs: Sequence[TeacherJob], refinements: dict[str, Refinemen
             ref, grade = refinements.get(rid), verified.get(rid)
             if ref is None or ref.code is None or grade is None or grade.passed:
                 continue  # failed request (asked again on resume), no code, or already fine
-            out.append(TeacherJob(job.task, job.attempt_id, "refine-feedback", ref.code,
-                                  grade.feedback, job.round + 1, (chain,)))
+            template = (job.template if job.template.startswith("reference")
+                        else "refine-feedback")
+            sampling = job.sampling
+            if ref.unchanged:
+                sampling = (("seed", job.round + 1), ("temperature", retry_temperature))
+            out.append(TeacherJob(job.task, job.attempt_id, template, ref.code,
+                                  grade.feedback, job.round + 1, (chain,), sampling))
     return out
 
 
@@ -222,7 +240,7 @@ def refine(teacher: Teacher, jobs: Sequence[TeacherJob], *, stage: str = "refine
     msgs = [prompts.teacher_messages(j.template, j.task, j.code, j.feedback) for j in jobs]
     progress = Progress(stage, len(jobs), unit="calls")
     replies = asyncio.run(teacher.complete_many(msgs, lambda i, r: progress.update(), n=n,
-                                                stage=stage))
+                                                stage=stage, extras=[j.extra for j in jobs]))
     out, failed = [], Counter()
     for job, reply in zip(jobs, replies):
         if reply.failure is not None:
@@ -232,7 +250,8 @@ def refine(teacher: Teacher, jobs: Sequence[TeacherJob], *, stage: str = "refine
             code = prompts.extract_code(text, job.task.entry_point, job.task.prompt)
             out.append(Refinement(rid, job.task.task_id, job.attempt_id, job.template, text, code,
                                   reply.prompt_tokens if j == 0 else 0,
-                                  reply.completion_tokens if j == 0 else 0, reply.cached))
+                                  reply.completion_tokens if j == 0 else 0, reply.cached,
+                                  job.attempt_id is not None and personal.unchanged(job.code, code)))
     if failed:
         print(f"[{stage}] {sum(failed.values())} of {len(jobs)} requests failed "
               f"({dict(failed)}); they are asked again when the run is resumed",
@@ -246,7 +265,7 @@ def refine_stage(store: RunStore, name: str, teacher: Teacher, jobs: Sequence[Te
     identity, API, model, messages, sampling, n) is unchanged. Refinement id -> record."""
     owner = {rid: j.job_id for j in jobs for rid in j.ids}
     keys = {j.job_id: teacher.cache_key(
-        prompts.teacher_messages(j.template, j.task, j.code, j.feedback), n=len(j.chains))
+        prompts.teacher_messages(j.template, j.task, j.code, j.feedback), len(j.chains), j.extra)
         for j in jobs}
     by_n: dict[int, list[TeacherJob]] = {}
     for j in jobs:  # one teacher call asks every job of it for the same n
@@ -260,20 +279,34 @@ def refine_stage(store: RunStore, name: str, teacher: Teacher, jobs: Sequence[Te
     return out
 
 
-def one_per_attempt(refinements: Sequence[Refinement], verified: dict[str, Grade]
-                    ) -> list[Refinement]:
-    """What `build_datasets` should see: of the passing refinements of one attempt (several
-    samples or rounds) only the first, so no attempt is over-weighted in PersD-refine."""
-    seen: set[str] = set()
-    out = []
-    for r in refinements:
+def one_per_attempt(refinements: Sequence[Refinement], verified: dict[str, Grade],
+                    attempts: dict[str, Attempt], keep: str = "closest") -> list[Refinement]:
+    """What `build_datasets` should see. Of the passing refinements of one attempt (several
+    samples or rounds) `closest` keeps the one most similar to the student's own attempt (the
+    most personal target; ties: the first), so no attempt is over-weighted; `all` keeps all."""
+    best: dict[str, tuple[float, int]] = {}
+    for i, r in enumerate(refinements):
         v = verified.get(r.refinement_id)
-        if r.attempt_id is not None and v is not None and v.passed:
-            if r.attempt_id in seen:
-                continue
-            seen.add(r.attempt_id)
+        if r.attempt_id is not None and v is not None and v.passed and r.code is not None:
+            sim = personal.similarity(attempts[r.attempt_id].code, r.code).text
+            if r.attempt_id not in best or sim > best[r.attempt_id][0]:
+                best[r.attempt_id] = (sim, i)
+    chosen = {i for _, i in best.values()}
+    out = []
+    for i, r in enumerate(refinements):
+        v = verified.get(r.refinement_id)
+        passing = r.attempt_id is not None and v is not None and v.passed
+        if passing and keep == "closest" and i not in chosen:
+            continue
         out.append(r)
     return out
+
+
+def matched_stand(stand: Sequence[Example], size: int, seed: int = 0) -> list[Example]:
+    """StanD cut to `size` examples (the paper's matched-budget baseline: as many examples as
+    PersD), chosen by a stable hash of the task id so the choice is the same in every run."""
+    order = sorted(stand, key=lambda e: zlib.crc32(f"{seed}:{e.task_id}".encode()))
+    return sorted(order[:size], key=lambda e: e.example_id)
 
 
 # ----------------------------------------------------------------------------- 5. build datasets
@@ -319,4 +352,37 @@ def build_datasets(tasks: dict[str, Task], attempts: dict[str, Attempt], grades:
                                 ({"role": "user", "content": prompts.task_message(task)},),
                                 _answer(task.reference)))
     return {"persd": persd, "persd-refine": refine_ex, "persd-combined": persd + refine_ex,
-            "stand": stand, "inpd": inpd}
+            "stand": stand, "stand-matched": matched_stand(stand, len(persd)), "inpd": inpd}
+
+
+def personalisation(datasets: dict[str, list[Example]], attempts: dict[str, Attempt],
+                    grades: dict[str, Grade], tasks: dict[str, Task]
+                    ) -> list[personal.Personalisation]:
+    """Each example's target against the student's attempt it stands for: a refinement's own
+    attempt; for task-level examples (StanD, InpD) the task's first failed attempt."""
+    first_failed: dict[str, Attempt] = {}
+    for a in attempts.values():
+        if not grades[a.attempt_id].passed:
+            first_failed.setdefault(a.task_id, a)
+    stand = {e.task_id: _code(e) for e in datasets["stand"]}
+    rows = []
+    for kind in ("persd", "persd-refine", "stand", "inpd"):
+        for e in datasets[kind]:
+            if kind.startswith("persd"):
+                att = attempts.get(e.example_id.split(">r", 1)[0])
+            else:
+                att = first_failed.get(e.task_id)
+            if att is None:
+                continue
+            ref = tasks[e.task_id].reference
+            rows.append(personal.Personalisation(
+                e.example_id, e.task_id, kind, personal.similarity(att.code, _code(e)),
+                personal.similarity(att.code, stand[e.task_id]) if e.task_id in stand else None,
+                personal.similarity(att.code, ref) if ref else None))
+    return rows
+
+
+def _code(e: Example) -> str:
+    """The code of an example's completion (`_answer` wraps it in one fence)."""
+    text = e.completion[0]["content"]
+    return text.removeprefix("```python\n").removesuffix("\n```")

@@ -189,18 +189,21 @@ class Teacher:
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.price_in + completion_tokens * self.price_out) / 1e6
 
-    def _payload(self, messages: list[dict[str, str]], n: int) -> dict:
+    def _payload(self, messages: list[dict[str, str]], n: int, extra: dict | None = None) -> dict:
+        """The request body; `extra` overrides sampling per request (a retry that must not
+        repeat an earlier request: another temperature and seed)."""
         c = self.cfg
         sampling = {"model": self.model, "temperature": c.temperature, "top_p": c.top_p,
-                    "max_tokens": c.max_tokens, "n": n}
+                    "max_tokens": c.max_tokens, "n": n, **(extra or {})}
         if c.api == "chat":
             return {"messages": messages, **sampling}
         return {"prompt": completion_prompt(messages), **sampling}
 
-    def cache_key(self, messages: list[dict[str, str]], n: int = 1) -> str:
+    def cache_key(self, messages: list[dict[str, str]], n: int = 1, extra: dict | None = None
+                  ) -> str:
         """Hash of all that shapes the answer: endpoint, API kind, model, text, sampling, n."""
         blob = orjson.dumps({"endpoint": self.identity, "api": self.cfg.api,
-                             **self._payload(messages, n)}, option=orjson.OPT_SORT_KEYS)
+                             **self._payload(messages, n, extra)}, option=orjson.OPT_SORT_KEYS)
         return hashlib.sha256(blob).hexdigest()
 
     async def check_reachable(self) -> None:
@@ -253,8 +256,8 @@ class Teacher:
 
     # ------------------------------------------------------------------------------- calling
 
-    async def _send(self, messages: list[dict[str, str]], n: int, usage: Usage
-                    ) -> tuple[list[str], int, int]:
+    async def _send(self, messages: list[dict[str, str]], n: int, usage: Usage,
+                    extra: dict | None = None) -> tuple[list[str], int, int]:
         """One HTTP request: (texts, prompt tokens, completion tokens).
 
         Sent with the client's generic `post` and parsed with orjson, not `chat.completions
@@ -265,7 +268,7 @@ class Teacher:
 
         chat = self.cfg.api == "chat"
         resp = await self.client.post("/chat/completions" if chat else "/completions",
-                                      cast_to=httpx.Response, body=self._payload(messages, n))
+                                      cast_to=httpx.Response, body=self._payload(messages, n, extra))
         texts, usage_block = parse_reply(resp.content, chat)
         if not texts:
             raise ValueError("the reply has no choices")
@@ -275,8 +278,8 @@ class Teacher:
             return texts[:n], estimate_tokens(messages), sum(len(t) for t in texts) // 4
         return texts[:n], pt, ct
 
-    async def _call(self, messages: list[dict[str, str]], n: int, usage: Usage
-                    ) -> tuple[list[str], int, int]:
+    async def _call(self, messages: list[dict[str, str]], n: int, usage: Usage,
+                    extra: dict | None = None) -> tuple[list[str], int, int]:
         """One request (n samples) with limits, budget, retries and circuit; raises _Failed.
 
         A try holds one of the `concurrency` slots while it is in flight, not while it backs off,
@@ -302,7 +305,7 @@ class Teacher:
                 self.calls += 1
                 usage.http_calls += 1
                 try:
-                    texts, pt, ct = await self._send(messages, n, usage)
+                    texts, pt, ct = await self._send(messages, n, usage, extra)
                 except (openai.APIError, ValueError) as e:
                     err = e
                 else:
@@ -337,15 +340,15 @@ class Teacher:
             await self._backoff(wait)
         raise AssertionError("unreachable")
 
-    async def _answer(self, messages: list[dict[str, str]], key: str, n: int, usage: Usage
-                      ) -> TeacherReply:
+    async def _answer(self, messages: list[dict[str, str]], key: str, n: int, usage: Usage,
+                      extra: dict | None = None) -> TeacherReply:
         """Ask with the API's n; an endpoint that returns fewer choices gets the rest as separate
         requests. Each part is cached as it lands, so a kill mid-way keeps what was paid for."""
         hit = self.cache.get(key) or {"texts": [], "prompt_tokens": 0, "completion_tokens": 0}
         texts, pt, ct = list(hit["texts"]), hit["prompt_tokens"], hit["completion_tokens"]
         try:
             while len(texts) < n:
-                got, p, c = await self._call(messages, 1 if texts else n, usage)
+                got, p, c = await self._call(messages, 1 if texts else n, usage, extra)
                 texts, pt, ct = (texts + got)[:n], pt + p, ct + c
                 rec = {"key": key, "texts": texts, "prompt_tokens": pt, "completion_tokens": ct}
                 await self.cache.put_async(rec)
@@ -365,7 +368,8 @@ class Teacher:
 
     async def complete_many(self, requests: list[list[dict[str, str]]],
                             on_done: Callable[[int, TeacherReply], None] | None = None, *,
-                            n: int = 1, stage: str = "teacher") -> list[TeacherReply]:
+                            n: int = 1, stage: str = "teacher",
+                            extras: list[dict | None] | None = None) -> list[TeacherReply]:
         """Answer every request with n samples, cached ones for free; `on_done(i, reply)` as each
         finishes. Each reply is an answer or a failure with its reason, counted in
         `usage[stage]`. If the circuit trips, the calls in flight finish, the rest fail, and then
@@ -378,12 +382,14 @@ class Teacher:
         asking: dict[str, asyncio.Future] = {}  # key -> its one answer in this batch
 
         async def one(i: int, messages: list[dict[str, str]]) -> TeacherReply:
-            key = self.cache_key(messages, n)
+            extra = extras[i] if extras else None
+            key = self.cache_key(messages, n, extra)
             reply = self._cached(key, n)
             if reply is None:
                 first = key not in asking
                 if first:
-                    asking[key] = asyncio.ensure_future(self._answer(messages, key, n, usage))
+                    asking[key] = asyncio.ensure_future(self._answer(messages, key, n, usage,
+                                                                     extra))
                 reply = await asking[key]
                 if not first and reply.texts:  # the same request twice in a batch: asked once
                     reply = dataclasses.replace(reply, cached=True)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from engine import stages
+from engine import prompts, stages
 from engine.config import TeacherConfig
 from engine.prompts import extract_code
 from engine.records import Attempt, Grade, Refinement, Status
@@ -115,8 +115,23 @@ def test_one_per_attempt_keeps_the_first_passing_refinement():
                               "refine-feedback", "", "code") for j in range(3)]
     verified = {r.refinement_id: Grade(r.refinement_id, Status.PASSED, (), "", 0.0)
                 for r in refs}
-    kept = stages.one_per_attempt(refs, verified)
-    assert [r.refinement_id for r in kept] == [f"{att.attempt_id}>r0.0"]
+    kept = stages.one_per_attempt(refs, verified, {att.attempt_id: att})
+    assert [r.refinement_id for r in kept] == [f"{att.attempt_id}>r0.0"]  # a tie: the first
+
+
+def test_one_per_attempt_keeps_the_passing_refinement_closest_to_the_attempt():
+    task = load_file(BUILTIN_PATH)[0]
+    att, _ = _failed_attempt(task)
+    far = "import math\n\ndef other(*a):\n    return [math.pi for _ in a]\n"
+    near = att.code.replace("return", "return  ", 1) + "\n# fixed\n"
+    refs = [Refinement(f"{att.attempt_id}>r0.{j}", task.task_id, att.attempt_id,
+                       "refine-feedback", "", code) for j, code in enumerate((far, near, far))]
+    verified = {r.refinement_id: Grade(r.refinement_id, Status.PASSED, (), "", 0.0)
+                for r in refs}
+    kept = stages.one_per_attempt(refs, verified, {att.attempt_id: att})
+    assert [r.refinement_id for r in kept] == [f"{att.attempt_id}>r0.1"]
+    every = stages.one_per_attempt(refs, verified, {att.attempt_id: att}, keep="all")
+    assert len(every) == 3
 
 
 # --------------------------------------------------------------------------------- code extraction
@@ -159,3 +174,29 @@ def test_extract_code_reattaches_a_bare_body_to_the_prompt():
 def test_extract_code_none_when_the_reply_has_no_code():
     assert extract_code("I am not sure what you mean.", "f") is None
     assert extract_code("```python\n\n```", "f") is None
+
+
+def test_an_unchanged_refinement_is_counted_and_never_asked_again_the_same_way(tmp_path):
+    from tests.tiny import ScriptedTeacher
+
+    task = load_file(BUILTIN_PATH)[0]
+    att, grade = _failed_attempt(task)
+    with ScriptedTeacher([task], copy=True) as server:
+        teacher = Teacher(TeacherConfig(timeout_s=5.0), server.url, "m", tmp_path / "c.jsonl")
+        jobs = stages.first_round_jobs([att], {task.task_id: task}, {att.attempt_id: grade},
+                                       "refine-feedback", 1)
+        [ref] = stages.refine(teacher, jobs)
+        assert ref.unchanged and ref.code is not None
+        failed = Grade(ref.refinement_id, Status.FAILED, (False,), grade.feedback, 0.0)
+        [again] = stages.next_round_jobs(jobs, {ref.refinement_id: ref},
+                                         {ref.refinement_id: failed}, retry_temperature=0.7)
+        assert prompts.teacher_messages(again.template, task, again.code, again.feedback) == \
+            prompts.teacher_messages(jobs[0].template, task, jobs[0].code, jobs[0].feedback)
+        assert teacher.cache_key(*[prompts.teacher_messages(
+            j.template, task, j.code, j.feedback) for j in (again,)], 1, again.extra) != \
+            teacher.cache_key(prompts.teacher_messages(
+                jobs[0].template, task, jobs[0].code, jobs[0].feedback), 1)
+        stages.refine(teacher, [again])
+        first, second = server.requests
+        assert first["temperature"] == 0.0 and second["temperature"] == 0.7
+        assert second["seed"] == 1 and first["messages"] == second["messages"]

@@ -64,8 +64,10 @@ class ScriptedTeacher:
     request is recorded (`self.requests`) so tests can assert on what the teacher was shown.
     """
 
-    def __init__(self, tasks: list[Task]):
-        self.tasks = tasks
+    def __init__(self, tasks: list[Task], copy: bool = False):
+        """`copy`: answer every refinement request with the code it was shown, as small
+        teachers at temperature 0 often do (a behaviour the tiny model cannot be made to show)."""
+        self.tasks, self.copy = tasks, copy
         self.requests: list[dict] = []
         owner = self
 
@@ -105,6 +107,9 @@ class ScriptedTeacher:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def answer(self, user: str) -> str:
+        shown = re.search(r"wrote this code, which is wrong:\n```python\n(.*?)```", user, re.S)
+        if self.copy and shown:
+            return f"```python\n{shown.group(1)}```"
         for t in self.tasks:
             if t.prompt.strip() in user or re.search(rf"`{re.escape(t.entry_point)}`", user):
                 if wrong_on_purpose(t.task_id):
