@@ -31,7 +31,7 @@ from pathlib import Path
 
 from engine import faults, personal, stages
 from engine.config import RunConfig, add_config_args, config_from_args, to_dict
-from engine.records import Grade, Refinement
+from engine.records import Refinement
 from engine.store import RunStore, RunInUse, content_hash, fingerprint
 
 
@@ -215,24 +215,9 @@ def _run(cfg: RunConfig, run: RunStore, student_pool) -> dict:
                               identity=identity)
             asyncio.run(teacher.check_reachable())
 
-            def verify(refs: list[Refinement]) -> dict[str, Grade]:
-                with timed(timings, "4-verify"):
-                    return stages.grade_stage(run, "verified", sandbox, [
-                        (r.refinement_id, tasks[r.task_id], r.code) for r in refs
-                        if r.code is not None])
-
-            # 3-4 per round: refine the failures; refinements that fail verification go back
-            # with their own error next round (ids <attempt>>r<round>.<sample>, resumable)
-            rounds = [stages.first_round_jobs(failed, tasks, grades, tc.template, tc.samples)]
-            all_refs: dict[str, Refinement] = {}
-            while True:
-                with timed(timings, "3-refine"):
-                    refs = stages.refine_stage(run, "refinements", teacher, rounds[-1], "refine")
-                all_refs.update(refs)
-                if len(rounds) == tc.rounds:
-                    break
-                rounds.append(stages.next_round_jobs(rounds[-1], refs, verify(list(refs.values())),
-                                                     tc.retry_temperature))
+            clock = lambda name: timed(timings, name)  # noqa: E731
+            all_refs, rounds = stages.refine_rounds(run, teacher, sandbox, failed, tasks, grades,
+                                                    tc, clock)
             stand_round = stages.stand_jobs(train_tasks) if tc.stand else []
             with timed(timings, "3-refine"):
                 stand_refs = stages.refine_stage(run, "stand-answers", teacher, stand_round,
@@ -240,7 +225,8 @@ def _run(cfg: RunConfig, run: RunStore, student_pool) -> dict:
         refinements, stand = list(all_refs.values()), list(stand_refs.values())
         run.export("refinements", refinements)
         run.export("stand-answers", stand)
-        verified = verify(refinements + stand)
+        with timed(timings, "4-verify"):
+            verified = stages.verify_stage(run, sandbox, refinements + stand, tasks)
 
         with timed(timings, "5-datasets"):
             datasets = stages.build_datasets(tasks, attempts, grades, stages.one_per_attempt(

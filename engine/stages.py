@@ -6,6 +6,7 @@ attempt (student samples) -> grade (sandbox) -> refine (teacher, failures only) 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import sys
 import zlib
@@ -277,6 +278,33 @@ def refine_stage(store: RunStore, name: str, teacher: Teacher, jobs: Sequence[Te
             rkey=lambda r: owner[r.refinement_id], batch=256, export=False,
             compute=lambda chunk: refine(teacher, chunk, stage=stage))})
     return out
+
+
+def verify_stage(store: RunStore, sandbox, refs: Sequence[Refinement], tasks: dict[str, Task]
+                 ) -> dict[str, Grade]:
+    """Grade every refinement that has code against its task's tests (view `verified`)."""
+    return grade_stage(store, "verified", sandbox, [(r.refinement_id, tasks[r.task_id], r.code)
+                                                    for r in refs if r.code is not None])
+
+
+def refine_rounds(store: RunStore, teacher: Teacher, sandbox, failed: Sequence[Attempt],
+                  tasks: dict[str, Task], grades: dict[str, Grade], tc,
+                  clock=lambda name: contextlib.nullcontext()
+                  ) -> tuple[dict[str, Refinement], list[list[TeacherJob]]]:
+    """Stages 3-4 per round: refine the failures, verify, and send each chain whose refinement
+    failed back with its own error, up to `tc.rounds` rounds (ids <attempt>>r<round>.<sample>,
+    resumable). Returns every refinement and the jobs of each round. `clock(name)` times a part."""
+    rounds = [first_round_jobs(failed, tasks, grades, tc.template, tc.samples)]
+    every: dict[str, Refinement] = {}
+    while True:
+        with clock("3-refine"):
+            refs = refine_stage(store, "refinements", teacher, rounds[-1], "refine")
+        every.update(refs)
+        if len(rounds) == tc.rounds:
+            return every, rounds
+        with clock("4-verify"):
+            verified = verify_stage(store, sandbox, list(refs.values()), tasks)
+        rounds.append(next_round_jobs(rounds[-1], refs, verified, tc.retry_temperature))
 
 
 def one_per_attempt(refinements: Sequence[Refinement], verified: dict[str, Grade],

@@ -18,7 +18,7 @@ from engine.config import RunConfig
 from engine.records import Example
 
 ROOT = Path(__file__).resolve().parents[1]
-DATASETS = ("persd", "persd-refine", "persd-combined", "stand", "inpd")
+DATASETS = ("persd", "persd-refine", "persd-combined", "stand", "stand-matched", "inpd")
 
 
 def cli_flags(cfg: RunConfig) -> list[str]:

@@ -103,3 +103,22 @@ def test_resumed_run_repeats_no_work(e2e):
     assert resumed == 0
     assert again["datasets"] == summary["datasets"]
     assert again["pass_after"] == summary["pass_after"]
+
+
+def test_personalisation_is_measured_and_stand_matched_has_persd_size(e2e):
+    from engine.personal import Personalisation
+
+    tasks, run, summary, *_ = e2e
+    rows = run.read("personalisation", Personalisation)
+    counts = summary["datasets"]
+    assert len(rows) == sum(counts[k] for k in ("persd", "persd-refine", "stand", "inpd"))
+    for kind, stats in summary["personalisation"].items():
+        assert stats["examples"] == counts[kind]
+        assert all(0.0 <= v <= 1.0 for v in stats["target_vs_attempt"].values())
+    persd = [r for r in rows if r.kind == "persd"]
+    assert persd and all(r.reference is not None for r in persd)
+    matched = run.read("stand-matched", Example)
+    stand_ids = {e.example_id for e in run.read("stand", Example)}
+    assert len(matched) == min(counts["persd"], counts["stand"])
+    assert {e.example_id for e in matched} <= stand_ids
+    assert summary["teacher"]["refine"]["unchanged"] == 0  # the scripted teacher never copies

@@ -24,7 +24,9 @@ from train.config import TrainConfig
 
 # (stage, fault point): the n-th time the driver process reaches the point, it is SIGKILLed
 KILLS = [
-    ("attempt", "mid-commit:attempts#1"),          # 3 of 6 jobs (2 samples each) written
+    # (a kill inside the attempts' transaction is tests/test_store.py's first test; here the
+    # attempt kill comes right after their commit, which saves the suite a vLLM start)
+    ("attempt", "after-commit:attempts#1"),
     ("grade", "mid-commit:grades#1"),
     ("eval before", "mid-commit:eval-before-grades#1"),
     ("refine round 0", "teacher-answer#2"),         # two replies paid for, none committed

@@ -235,6 +235,13 @@ def train(data: Path, model_path: str, out: Path, cfg: TrainConfig) -> Path:
     final = out / ("adapter" if cfg.method == "lora" else "model")
     model.save_pretrained(final)
     tok.save_pretrained(final)
+    if cfg.method == "lora":
+        # PEFT writes target_modules from a set, in hash-seed order: sorted, the same training
+        # gives the same bytes, so the adapter's content hash names what it is
+        conf = json.loads((final / "adapter_config.json").read_text())
+        if isinstance(conf.get("target_modules"), list):
+            conf["target_modules"] = sorted(conf["target_modules"])
+        (final / "adapter_config.json").write_text(json.dumps(conf, indent=2, sort_keys=True))
     if cfg.method == "lora" and cfg.merge:
         merged = model.merge_and_unload()
         merged.save_pretrained(out / "merged")
