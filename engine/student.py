@@ -39,6 +39,7 @@ class GenOutput:
     prompt_tokens: int
     model_id: str = ""              # content hash of the weights the engine loaded
     adapter_id: str | None = None   # content hash of the adapter it applied (None: none)
+    token_ids: tuple[tuple[int, ...], ...] = ()  # the n completions as token ids
 
 
 def _actor_env(cfg: StudentConfig) -> dict[str, str]:
@@ -110,7 +111,8 @@ class StudentEngine:
         outs = self.llm.generate(prompts, params, lora_request=loras, use_tqdm=False)
         return [GenOutput(r.request_id, tuple(c.text for c in o.outputs),
                           sum(len(c.token_ids) for c in o.outputs), len(o.prompt_token_ids),
-                          self.model_id, known[r.adapter][1])
+                          self.model_id, known[r.adapter][1],
+                          tuple(tuple(c.token_ids) for c in o.outputs))
                 for r, o in zip(requests, outs)]
 
     def ready(self) -> bool:

@@ -62,3 +62,14 @@ def sandbox_pool():
 
     with SandboxPool(SandboxConfig()) as pool:
         yield pool
+
+
+@pytest.fixture(scope="session")
+def task_file(tmp_path_factory) -> Path:
+    """The first six built-in tasks as a task file: the end-to-end runs' training pool."""
+    from engine.tasks import BUILTIN_PATH
+
+    lines = BUILTIN_PATH.read_bytes().splitlines()[:6]
+    path = tmp_path_factory.mktemp("tasks") / "tasks.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path

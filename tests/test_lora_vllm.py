@@ -34,4 +34,5 @@ def test_adapter_greedy_matches_hf_peft(student_pool, tiny_model, tmp_path):
     with torch.no_grad():
         hf = model.generate(ids, max_new_tokens=12, do_sample=False,
                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    assert tok.decode(hf[0, ids.shape[1]:], skip_special_tokens=True) == lora_out.texts[0]
+    # token ids, not text: a random adapter may emit byte tokens that decode differently
+    assert hf[0, ids.shape[1]:].tolist() == list(lora_out.token_ids[0])

@@ -16,17 +16,9 @@ import pytest
 from engine.config import DataConfig, EvalConfig, RunConfig, TeacherConfig
 from engine.records import Refinement
 from engine.store import read_view
-from engine.tasks import BUILTIN_PATH, load_file
+from engine.tasks import load_file
 from tests.tiny import ScriptedTeacher
 from train.config import TrainConfig
-
-
-@pytest.fixture(scope="module")
-def task_file(tmp_path_factory):
-    lines = BUILTIN_PATH.read_bytes().splitlines()[:6]
-    path = tmp_path_factory.mktemp("tasks") / "tasks.jsonl"
-    path.write_bytes(b"\n".join(lines) + b"\n")
-    return path
 
 
 @pytest.fixture(scope="module")
