@@ -122,9 +122,8 @@ def stable_summary(summary: dict) -> dict:
 
 
 def duplicate_requests(requests: list[dict]) -> int:
-    """Teacher requests (messages, n) answered more than once."""
-    keys = Counter(hashlib.sha256(json.dumps([r["messages"], r.get("n", 1)],
-                                             sort_keys=True).encode()).hexdigest()
+    """Teacher requests answered more than once: the same body (messages, sampling, seed, n)."""
+    keys = Counter(hashlib.sha256(json.dumps(r, sort_keys=True).encode()).hexdigest()
                    for r in requests)
     return sum(c - 1 for c in keys.values())
 
