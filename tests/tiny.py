@@ -93,7 +93,8 @@ class ScriptedTeacher:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 owner.requests.append(body)
-                text = owner.answer(body["messages"][-1]["content"])
+                text = owner.answer("\n\n".join(m["content"] for m in body["messages"]
+                                                  if m["role"] == "user"))
                 self._send(200, {
                     "id": f"chatcmpl-{len(owner.requests)}", "object": "chat.completion",
                     "created": int(time.time()), "model": body.get("model", "scripted"),
