@@ -14,8 +14,8 @@ commented out, so unpatched it "passes" everything without running it. `_enable_
 re-enables that line if it is commented out, and then proves execution is real by checking that
 a wrong completion fails. (The 1.0.3 wheel in this venv already has it enabled.)
 
-CPU-ms/program counts every process involved: this process plus, for the pool, each worker
-(with the children it reaped); for the baselines, the children this process reaped.
+CPU-ms/program counts every process involved: this process plus, for the pool, each worker and
+its zygote (with the children it reaped); for the baselines, the children this process reaped.
 
 After the table: which isolation layers the pool had (pool.mechanisms), the load average while
 measuring, and the per-program cost of the two layers applied in each child (median time of
@@ -72,13 +72,18 @@ def process_cpu_s(pid: int) -> float:
     return sum(int(v) for v in fields[11:15]) * TICK_S
 
 
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as fh:
+        return [int(p) for p in fh.read().split()]
+
+
 def worker_pids(pool: SandboxPool) -> list[int]:
-    """Host pids of the pool's worker pythons (children of the bwrap processes)."""
+    """Host pids of the pool's worker pythons (children of the bwrap processes) and of their
+    zygotes (the workers' children, which fork and reap the programs)."""
     pids = []
     for worker in pool._live:
-        pid = worker.proc.pid
-        with open(f"/proc/{pid}/task/{pid}/children") as fh:
-            pids += [int(p) for p in fh.read().split()] if pool.isolated else [pid]
+        workers = _children(worker.proc.pid) if pool.isolated else [worker.proc.pid]
+        pids += workers + [z for w in workers for z in _children(w)]
     return pids
 
 

@@ -1,0 +1,414 @@
+"""Cutting a test into the inputs the program computes and the judgement the worker keeps.
+
+A test is statements (usually one `assert`). Names the test uses that neither the task's setup,
+the builtins nor the test itself define are *program names* (the entry point, a class the
+program defines); every expression that starts from one, with its whole chain of calls,
+attributes and subscripts (`f(x)`, `Stack().push(1).top()`, `candidate`), is an *operation*:
+its source, as `lambda <bindings>: (<expression>)`, goes to the child, which evaluates it in the
+program's namespace and sends back the strictly encoded value (harness.py). Everything else runs
+in the worker, on the decoded values (judge.py). Shapes:
+
+    assert CALL == EXPECTED   (also a TestCase's call/expected): EXPECTED is evaluated in the
+        worker; CALL goes to the child as one operation when it is *clean* (no operator that
+        mixes a program value with test data, as `abs(f(x) - y)` does: the child would see y),
+        else only its program chains do; the worker compares the two encodings (values.equal).
+        A call/expected the task declared itself always goes whole: its author said it is input.
+    A test's operations are sent ahead of it when they are fixed (`Plan.ahead`); they then
+    run even if the worker's part of that test fails before it needs their answers.
+    anything else (`assert abs(f(x) - y) < 1e-6`, `assert not f(x)`, `check(candidate)`): the
+        worker executes the statement, each program chain replaced by its operation's result.
+
+What the worker cannot judge alone is *inside*, counted per program: an EXPECTED that itself
+uses program names (the program computes both sides), and a CALL sent whole that contains a
+comparison (`Ratio(1, 3) < Ratio(1, 2)`, `Vec(1) * 3 == Vec(3)`): the verdict then rests on the
+program's own `__eq__`/`__lt__`, as class-protocol tests inherently do.
+
+Runs in the jail: stdlib and orjson only.
+"""
+from __future__ import annotations
+
+import ast
+import builtins
+import functools
+import re
+from dataclasses import dataclass
+from types import CodeType
+
+from sandbox.values import encode
+
+BUILTIN_NAMES = frozenset(dir(builtins))
+SHIP = "__persd_ship__"   # the worker's function, in the test namespace, that runs an operation
+
+
+@dataclass(frozen=True, eq=False)
+class Split:
+    """`assert LEFT == RIGHT[, MSG]`: judged by comparing encodings."""
+
+    left: ast.expr
+    right: ast.expr
+    msg: ast.expr | None
+    left_src: str              # for feedback, "Input: <left_src> ... Expected: <right_src>",
+    right_src: str             # and the text of an operation
+    declared: bool | None      # from a TestCase's call/expected that its source does not show
+                               # (None: not yet known; see _declared)
+
+
+@dataclass(frozen=True, eq=False)
+class Exec:
+    """Any other statement: executed by the worker."""
+
+    stmt: ast.stmt
+    src: str
+
+
+@dataclass(frozen=True, eq=False)
+class Parsed:
+    """What a test says, independent of the program and the setup (cached per test)."""
+
+    steps: tuple[Split | Exec, ...]
+    loads: frozenset[str]      # every name the test reads
+    stores: frozenset[str]     # every name the test binds (assignments, lambda arguments, ...)
+    error: str = ""            # the test is not valid Python
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Op:
+    """One operation: a lambda's source for the child and the test names it takes."""
+
+    source: str
+    bindings: tuple[str, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class Side:
+    """How one side of a Split is computed: one whole operation, worker code (which may make
+    operations), or a literal encoded once."""
+
+    op: Op | None = None
+    code: CodeType | None = None
+    encoded: list | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class SplitPlan:
+    left: Side
+    right: Side
+    msg: CodeType | None
+    left_src: str
+    right_src: str
+
+
+@dataclass(frozen=True, eq=False)
+class ExecPlan:
+    code: CodeType
+    src: str
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    steps: tuple[SplitPlan | ExecPlan, ...]
+    ahead: tuple[str, ...] | None   # every op the test makes, in order, when they are fixed
+                                    # (no test value in them, no branch or loop around them):
+                                    # they can be sent before the test runs; None: not so
+    inside: bool               # the verdict rests on a comparison the program makes
+    calls_program: bool        # some part of the test runs in the child
+
+
+# --------------------------------------------------------------------------------- parsing
+
+@functools.lru_cache(maxsize=8192)
+def parse_test(source: str, call: str | None, expected: str | None) -> Parsed:
+    try:
+        if call is not None and expected is not None:
+            # The caller split `assert CALL == EXPECTED` (or declared the pair itself, when the
+            # source is not such an assert): judge the pair.
+            steps: tuple = (Split(ast.parse(call, mode="eval").body,
+                                  ast.parse(expected, mode="eval").body, None, call, expected,
+                                  None if source.strip() else True),)
+        else:
+            text = _Text(source)
+            steps = tuple(_step(stmt, text) for stmt in ast.parse(source).body)
+    except SyntaxError as exc:
+        return Parsed((), frozenset(), frozenset(), f"SyntaxError: {exc.msg} (in the test)")
+    loads, stores = set(), set()
+    for step in steps:
+        nodes = (step.left, step.right, step.msg) if isinstance(step, Split) else (step.stmt,)
+        for node in filter(None, nodes):
+            names = _names_in(node)
+            loads |= names[0]
+            stores |= names[1]
+    return Parsed(steps, frozenset(loads), frozenset(stores), "", source)
+
+
+def _declared(source: str) -> bool:
+    """Whether a call/expected pair is the task's own, not a split of its source."""
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:
+        return True
+    return len(body) != 1 or _compare(body[0]) is None or body[0].msg is not None
+
+
+def _step(stmt: ast.stmt, text: _Text) -> Split | Exec:
+    compare = _compare(stmt)
+    if compare is None:
+        return Exec(stmt, text.of(stmt))
+    left, right = compare.left, compare.comparators[0]
+    return Split(left, right, stmt.msg, text.of(left), text.of(right), False)
+
+
+def _compare(stmt: ast.stmt) -> ast.Compare | None:
+    test = getattr(stmt, "test", None)
+    if (isinstance(stmt, ast.Assert) and isinstance(test, ast.Compare) and len(test.ops) == 1
+            and isinstance(test.ops[0], ast.Eq)):
+        return test
+    return None
+
+
+class _Text:
+    """The source text of a node (ast.get_source_segment, without re-splitting per node)."""
+
+    def __init__(self, source: str) -> None:
+        self.lines = [line.encode() for line in source.splitlines(keepends=True)]
+
+    def of(self, node: ast.AST) -> str:
+        first, last = node.lineno - 1, node.end_lineno - 1
+        if first == last:
+            return self.lines[first][node.col_offset:node.end_col_offset].decode()
+        parts = [self.lines[first][node.col_offset:], *self.lines[first + 1:last],
+                 self.lines[last][:node.end_col_offset]]
+        return b"".join(parts).decode()
+
+
+def _names_in(node: ast.AST) -> tuple[set[str], set[str]]:
+    """(names read, names bound) anywhere in `node`."""
+    loads, stores = set(), set()
+    for n in ast.walk(node):
+        if isinstance(n, ast.Name):
+            (loads if isinstance(n.ctx, ast.Load) else stores).add(n.id)
+        elif isinstance(n, ast.arg):
+            stores.add(n.arg)
+        elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            stores.add(n.name)
+        elif isinstance(n, (ast.Import, ast.ImportFrom)):
+            stores.update((a.asname or a.name).split(".")[0] for a in n.names)
+        elif isinstance(n, ast.ExceptHandler) and n.name:
+            stores.add(n.name)
+    return loads, stores
+
+
+@functools.lru_cache(maxsize=1 << 16)   # parsed tests are cached: their nodes live on
+def _loads(node: ast.AST) -> frozenset[str]:
+    """Names read anywhere in `node` (each node's set computed once, from its children's)."""
+    if isinstance(node, ast.Name):
+        return frozenset((node.id,)) if isinstance(node.ctx, ast.Load) else frozenset()
+    children = [_loads(child) for child in ast.iter_child_nodes(node)]
+    return frozenset().union(*children) if children else frozenset()
+
+
+# --------------------------------------------------------------------------------- planning
+
+def defines(code: str, name: str) -> bool:
+    """Whether the program's text binds `name` at the start of a line (a def, class or `=`)."""
+    return _definer(name).search(code) is not None
+
+
+@functools.lru_cache(maxsize=1024)
+def _definer(name: str) -> re.Pattern:
+    word = re.escape(name)
+    return re.compile(rf"^[ \t]*(?:(?:async[ \t]+)?def|class)[ \t]+{word}\b"
+                      rf"|^[ \t]*{word}[ \t]*(?::[^=\n]*)?=(?!=)", re.M)
+
+
+@functools.lru_cache(maxsize=8192)
+def plan_test(parsed: Parsed, remote: frozenset[str], local: frozenset[str]) -> Plan:
+    """`remote`: the test's program names (and builtins the program redefines, for a test with
+    no other program name); `local`: the names the test reads that the worker binds."""
+    steps: list[SplitPlan | ExecPlan] = []
+    ahead: list[str] | None = []
+    inside = False
+    for step in parsed.steps:
+        if isinstance(step, Exec):
+            stmt = step.stmt
+            if _loads(stmt) & remote:
+                stmt = _Rewrite(remote, local).visit(ast.parse(step.src).body[0])
+            module = ast.fix_missing_locations(ast.Module([stmt], []))
+            steps.append(ExecPlan(compile(module, "<test>", "exec"), step.src))
+            ahead = _extend(ahead, _fixed_chains(step.stmt, remote, local))
+            continue
+        left, right, left_src, right_src = step.left, step.right, step.left_src, step.right_src
+        left_remote, right_remote = _loads(left) & remote, _loads(right) & remote
+        if right_remote and not left_remote:   # `assert 5 == f(2)`
+            left, right, left_src, right_src = right, left, right_src, left_src
+            left_remote, right_remote = right_remote, left_remote
+        whole = _clean(left, remote) or (step.declared if step.declared is not None
+                                         else _declared(parsed.source))
+        left_side = _side(left, left_src, remote, local, whole)
+        right_side = _side(right, right_src, remote, local, _clean(right, remote))
+        inside |= bool(right_remote) or (left_side.op is not None and _compares(left, remote))
+        msg = None
+        if step.msg is not None:
+            msg = _compile_expr(_rewritten(step.msg, remote, local))
+            if SHIP in _all_names(msg):
+                ahead = None   # evaluated only when the test fails
+        for side in (left_side, right_side):
+            fixed = [side.op] if side.op is not None else (
+                [] if side.code is None or SHIP not in _all_names(side.code) else None)
+            ahead = _extend(ahead, fixed)
+        steps.append(SplitPlan(left_side, right_side, msg, left_src, right_src))
+    calls = any(SHIP in _names(s) for s in steps)
+    return Plan(tuple(steps), None if ahead is None else tuple(ahead), inside, calls)
+
+
+def _extend(ahead: list[str] | None, ops: list[Op] | None) -> list[str] | None:
+    if ahead is None or ops is None or any(op.bindings for op in ops):
+        return None
+    ahead.extend(op.source for op in ops)
+    return ahead
+
+
+_BRANCHING = (ast.BoolOp, ast.IfExp, ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp,
+              ast.GeneratorExp, ast.NamedExpr, ast.Dict, ast.Await, ast.Yield, ast.YieldFrom)
+
+
+def _fixed_chains(stmt: ast.stmt, remote: frozenset[str], local: frozenset[str]
+                  ) -> list[Op] | None:
+    """The ops a simple statement makes, in evaluation order, or None when they depend on
+    branches, loops or order the AST fields do not show (a dict display, assignment targets)."""
+    if isinstance(stmt, (ast.Import, ast.ImportFrom, ast.Pass)):
+        return []
+    if isinstance(stmt, ast.Assert):
+        if stmt.msg is not None and _loads(stmt.msg) & remote:
+            return None
+        node = stmt.test
+    elif isinstance(stmt, ast.Expr):
+        node = stmt.value
+    elif isinstance(stmt, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
+        targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+        if any(_loads(t) & remote for t in targets) or stmt.value is None:
+            return None
+        node = stmt.value
+    else:
+        return None
+    chains: list[ast.AST] = []
+
+    def visit(n: ast.AST) -> bool:
+        if _is_chain(n, remote):
+            chains.append(n)
+            return True
+        if isinstance(n, _BRANCHING):
+            return False
+        return all(visit(child) for child in ast.iter_child_nodes(n))
+
+    return [_op(c, ast.unparse(c), remote, local) for c in chains] if visit(node) else None
+
+
+def _names(step: SplitPlan | ExecPlan) -> set[str]:
+    if isinstance(step, ExecPlan):
+        return _all_names(step.code)
+    names = set()
+    for side in (step.left, step.right):
+        names |= {SHIP} if side.op is not None else (
+            _all_names(side.code) if side.code is not None else set())
+    return names | (_all_names(step.msg) if step.msg is not None else set())
+
+
+def _all_names(code: CodeType) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, CodeType):
+            names |= _all_names(const)
+    return names
+
+
+def _side(node: ast.expr, text: str, remote: frozenset[str], local: frozenset[str],
+          whole: bool) -> Side:
+    if _loads(node) & remote:
+        if whole:
+            return Side(op=_op(node, text, remote, local))
+        return Side(code=_compile_expr(_rewritten(node, remote, local)))
+    try:
+        return Side(encoded=encode(ast.literal_eval(node)))   # the same for every program
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return Side(code=_compile_expr(node))
+
+
+def _rewritten(node: ast.expr, remote: frozenset[str], local: frozenset[str]) -> ast.expr:
+    if not _loads(node) & remote:
+        return node
+    return _Rewrite(remote, local).visit(ast.parse(ast.unparse(node), mode="eval").body)
+
+
+def _compile_expr(node: ast.expr) -> CodeType:
+    return compile(ast.fix_missing_locations(ast.Expression(node)), "<test>", "eval")
+
+
+def _op(node: ast.expr, text: str, remote: frozenset[str], local: frozenset[str]) -> Op:
+    """The lambda the child evaluates for `node` (whose source is `text`): test names it reads
+    become its arguments; program names and builtins are resolved in the program's namespace."""
+    loads, stores = _names_in(node)
+    bindings = tuple(sorted((loads - stores - remote) & local))
+    return Op(f"lambda {', '.join(bindings)}: ({text})", bindings)
+
+def _chain_root(node: ast.AST) -> ast.AST:
+    while isinstance(node, (ast.Call, ast.Attribute, ast.Subscript)):
+        node = node.func if isinstance(node, ast.Call) else node.value
+    return node
+
+
+def _is_chain(node: ast.AST, remote: frozenset[str]) -> bool:
+    """A read that starts from a program name: `f`, `f(x)`, `Obj(1).method(2)[0]`."""
+    if not isinstance(node, (ast.Name, ast.Call, ast.Attribute, ast.Subscript)):
+        return False
+    if not isinstance(getattr(node, "ctx", ast.Load()), ast.Load):
+        return False
+    root = _chain_root(node)
+    return isinstance(root, ast.Name) and root.id in remote
+
+
+def _outside_chains(node: ast.AST, remote: frozenset[str]):
+    """The nodes of `node` that are not inside a program chain (whose arguments are input)."""
+    if _is_chain(node, remote):
+        return
+    yield node
+    for child in ast.iter_child_nodes(node):
+        yield from _outside_chains(child, remote)
+
+
+def _clean(node: ast.expr, remote: frozenset[str]) -> bool:
+    """No operator mixes a program value with test data: the whole may go to the child."""
+    for n in _outside_chains(node, remote):
+        if isinstance(n, ast.BinOp):
+            operands = [n.left, n.right]
+        elif isinstance(n, ast.BoolOp):
+            operands = n.values
+        elif isinstance(n, ast.Compare):
+            operands = [n.left, *n.comparators]
+        elif isinstance(n, ast.IfExp):
+            operands = [n.test, n.body, n.orelse]
+        else:
+            continue
+        touched = [bool(_loads(o) & remote) for o in operands]
+        if any(touched) and not all(touched):
+            return False
+    return True
+
+
+def _compares(node: ast.expr, remote: frozenset[str]) -> bool:
+    return any(isinstance(n, ast.Compare) for n in _outside_chains(node, remote))
+
+
+class _Rewrite(ast.NodeTransformer):
+    """Replace each program chain by `__persd_ship__(source, (bindings...))`."""
+
+    def __init__(self, remote: frozenset[str], local: frozenset[str]) -> None:
+        self.remote, self.local = remote, local
+
+    def visit(self, node: ast.AST) -> ast.AST:
+        if _is_chain(node, self.remote):
+            op = _op(node, ast.unparse(node), self.remote, self.local)
+            args = ast.Tuple([ast.Name(b, ast.Load()) for b in op.bindings], ast.Load())
+            return ast.copy_location(
+                ast.Call(ast.Name(SHIP, ast.Load()), [ast.Constant(op.source), args], []), node)
+        return self.generic_visit(node)
