@@ -21,7 +21,6 @@ import collections
 import fcntl
 import os
 import select
-import signal
 import time
 from contextlib import suppress
 from typing import Any

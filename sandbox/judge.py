@@ -26,13 +26,12 @@ from __future__ import annotations
 import builtins
 import collections
 import functools
-import re
 import sys
 import types
 from typing import Any
 
 from sandbox.channel import Abort, Channel, Corrupt, Gone, TimedOut
-from sandbox.plan import (BUILTIN_NAMES, SHIP, ExecPlan, Parsed, Plan, SplitPlan, defines,
+from sandbox.plan import (BUILTIN_NAMES, SHIP, ExecPlan, Parsed, Plan, SplitPlan, names_for,
                           parse_test, plan_test)
 from sandbox.protocol import Outcome, Request
 from sandbox.values import decode, encode, equal, type_name
@@ -176,16 +175,11 @@ class Judge:
     def _plan(self, parsed: Parsed, stores: frozenset[str]) -> Plan | None:
         if parsed.error:
             return None
-        trusted = stores | self.ns.keys()
-        remote = set(parsed.loads - trusted - BUILTIN_NAMES)
-        for name in [n for n in remote if n in sys.modules and _imports(self.request.code, n)]:
+        remote, local, imported = names_for(parsed, stores | self.ns.keys(), self.request.code,
+                                            sys.modules)
+        for name in imported:
             self.ns[name] = sys.modules[name]   # the program's stdlib import: use ours
-            remote.discard(name)
-        if not remote:   # no program name: a builtin the program redefines is one
-            remote = {n for n in parsed.loads & BUILTIN_NAMES - trusted
-                      if defines(self.request.code, n)}
-        local = parsed.loads & (stores | self.ns.keys())
-        return plan_test(parsed, frozenset(remote), frozenset(local))
+        return plan_test(parsed, remote, local)
 
     def _send_ahead(self, plans: list[Plan | None], start: int) -> None:
         end, ops = start, []
@@ -439,15 +433,6 @@ def _field(message: dict, name: str) -> str:
 @functools.lru_cache(maxsize=1024)
 def _compiled(source: str, mode: str = "exec") -> Any:
     return compile(source, "<setup>", mode)
-
-
-@functools.lru_cache(maxsize=1024)
-def _importer(name: str) -> re.Pattern:
-    return re.compile(rf"^[ \t]*(?:import|from)[ \t][^\n]*\b{re.escape(name)}\b", re.M)
-
-
-def _imports(code: str, name: str) -> bool:
-    return _importer(name).search(code) is not None
 
 
 def _str(exc: Any) -> str:

@@ -9,19 +9,18 @@ program's namespace and sends back the strictly encoded value (harness.py). Ever
 in the worker, on the decoded values (judge.py). Shapes:
 
     assert CALL == EXPECTED   (also a TestCase's call/expected): EXPECTED is evaluated in the
-        worker; CALL goes to the child as one operation when it is *clean* (no operator that
-        mixes a program value with test data, as `abs(f(x) - y)` does: the child would see y),
-        else only its program chains do; the worker compares the two encodings (values.equal).
-        A call/expected the task declared itself always goes whole: its author said it is input.
-    A test's operations are sent ahead of it when they are fixed (`Plan.ahead`); they then
-    run even if the worker's part of that test fails before it needs their answers.
+        worker; CALL goes to the child as one operation (a test's input, with its lambdas and
+        method chains, runs as written); the worker compares the two encodings (values.equal).
     anything else (`assert abs(f(x) - y) < 1e-6`, `assert not f(x)`, `check(candidate)`): the
         worker executes the statement, each program chain replaced by its operation's result.
+    A test's operations are sent ahead of it when they are fixed (`Plan.ahead`); they then
+    run even if the worker's part of that test fails before it needs their answers.
 
 What the worker cannot judge alone is *inside*, counted per program: an EXPECTED that itself
-uses program names (the program computes both sides), and a CALL sent whole that contains a
-comparison (`Ratio(1, 3) < Ratio(1, 2)`, `Vec(1) * 3 == Vec(3)`): the verdict then rests on the
-program's own `__eq__`/`__lt__`, as class-protocol tests inherently do.
+uses program names (the program computes both sides); a CALL that contains a comparison
+(`Ratio(1, 3) < Ratio(1, 2)`), whose value is then the program's own `__eq__`/`__lt__`, as
+class-protocol tests inherently are; and a CALL whose operators mix a program value with test
+data (`Vec(1) * 2`, or `abs(f(x) - y)`, where the child would see y).
 
 Runs in the jail: stdlib and orjson only.
 """
@@ -31,8 +30,10 @@ import ast
 import builtins
 import functools
 import re
+import sys
 from dataclasses import dataclass
 from types import CodeType
+from typing import Any, Collection, Iterable, Mapping
 
 from sandbox.values import encode
 
@@ -49,8 +50,6 @@ class Split:
     msg: ast.expr | None
     left_src: str              # for feedback, "Input: <left_src> ... Expected: <right_src>",
     right_src: str             # and the text of an operation
-    declared: bool | None      # from a TestCase's call/expected that its source does not show
-                               # (None: not yet known; see _declared)
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,7 +68,6 @@ class Parsed:
     loads: frozenset[str]      # every name the test reads
     stores: frozenset[str]     # every name the test binds (assignments, lambda arguments, ...)
     error: str = ""            # the test is not valid Python
-    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -120,12 +118,9 @@ class Plan:
 @functools.lru_cache(maxsize=8192)
 def parse_test(source: str, call: str | None, expected: str | None) -> Parsed:
     try:
-        if call is not None and expected is not None:
-            # The caller split `assert CALL == EXPECTED` (or declared the pair itself, when the
-            # source is not such an assert): judge the pair.
+        if call is not None and expected is not None:   # the caller's split: judge the pair
             steps: tuple = (Split(ast.parse(call, mode="eval").body,
-                                  ast.parse(expected, mode="eval").body, None, call, expected,
-                                  None if source.strip() else True),)
+                                  ast.parse(expected, mode="eval").body, None, call, expected),)
         else:
             text = _Text(source)
             steps = tuple(_step(stmt, text) for stmt in ast.parse(source).body)
@@ -138,16 +133,7 @@ def parse_test(source: str, call: str | None, expected: str | None) -> Parsed:
             names = _names_in(node)
             loads |= names[0]
             stores |= names[1]
-    return Parsed(steps, frozenset(loads), frozenset(stores), "", source)
-
-
-def _declared(source: str) -> bool:
-    """Whether a call/expected pair is the task's own, not a split of its source."""
-    try:
-        body = ast.parse(source).body
-    except SyntaxError:
-        return True
-    return len(body) != 1 or _compare(body[0]) is None or body[0].msg is not None
+    return Parsed(steps, frozenset(loads), frozenset(stores))
 
 
 def _step(stmt: ast.stmt, text: _Text) -> Split | Exec:
@@ -155,7 +141,7 @@ def _step(stmt: ast.stmt, text: _Text) -> Split | Exec:
     if compare is None:
         return Exec(stmt, text.of(stmt))
     left, right = compare.left, compare.comparators[0]
-    return Split(left, right, stmt.msg, text.of(left), text.of(right), False)
+    return Split(left, right, stmt.msg, text.of(left), text.of(right))
 
 
 def _compare(stmt: ast.stmt) -> ast.Compare | None:
@@ -209,6 +195,48 @@ def _loads(node: ast.AST) -> frozenset[str]:
 
 # --------------------------------------------------------------------------------- planning
 
+def names_for(parsed: Parsed, trusted: Collection[str], code: str, modules: Mapping[str, Any]
+              ) -> tuple[frozenset[str], frozenset[str], tuple[str, ...]]:
+    """(remote, local, imported) for one test of one program: `trusted` are the names the
+    worker binds (setup, tests); `imported`, program names that are stdlib modules the
+    program imports (`sys`), which the worker binds to its own copy instead."""
+    remote = set(parsed.loads - BUILTIN_NAMES).difference(trusted)
+    imported = tuple(sorted(n for n in remote if n in modules and imports(code, n)))
+    remote.difference_update(imported)
+    bound = set(trusted).union(imported)
+    if not remote:   # no program name: a builtin the program redefines is one (`def sum`)
+        remote = {n for n in parsed.loads & BUILTIN_NAMES if n not in bound and defines(code, n)}
+    return frozenset(remote), frozenset(parsed.loads & bound), imported
+
+
+def shapes(setup: str, code: str, tests: Iterable[Any]) -> list[str]:
+    """How each test would be judged, without running anything (for counting, see
+    benchmarks/bench_sandbox.py): "outside", "inside", "worker" (no program call at all) or
+    "invalid". The setup's names are read statically; the worker uses the executed setup's."""
+    trusted = set(_names_in(ast.parse(setup))[1]) if setup.strip() else set()
+    parsed = [parse_test(t.source, t.call, t.expected) for t in tests]
+    trusted.update(*(p.stores for p in parsed))
+    labels = []
+    for facts in parsed:
+        if facts.error:
+            labels.append("invalid")
+            continue
+        remote, local, _ = names_for(facts, trusted, code, sys.modules)
+        plan = plan_test(facts, remote, local)
+        labels.append("inside" if plan.inside else "outside" if plan.calls_program else "worker")
+    return labels
+
+
+def imports(code: str, name: str) -> bool:
+    """Whether the program's text has an import line naming `name`."""
+    return _importer(name).search(code) is not None
+
+
+@functools.lru_cache(maxsize=1024)
+def _importer(name: str) -> re.Pattern:
+    return re.compile(rf"^[ \t]*(?:import|from)[ \t][^\n]*\b{re.escape(name)}\b", re.M)
+
+
 def defines(code: str, name: str) -> bool:
     """Whether the program's text binds `name` at the start of a line (a def, class or `=`)."""
     return _definer(name).search(code) is not None
@@ -242,11 +270,10 @@ def plan_test(parsed: Parsed, remote: frozenset[str], local: frozenset[str]) -> 
         if right_remote and not left_remote:   # `assert 5 == f(2)`
             left, right, left_src, right_src = right, left, right_src, left_src
             left_remote, right_remote = right_remote, left_remote
-        whole = _clean(left, remote) or (step.declared if step.declared is not None
-                                         else _declared(parsed.source))
-        left_side = _side(left, left_src, remote, local, whole)
-        right_side = _side(right, right_src, remote, local, _clean(right, remote))
-        inside |= bool(right_remote) or (left_side.op is not None and _compares(left, remote))
+        left_side = _side(left, left_src, remote, local)
+        right_side = _side(right, right_src, remote, local)
+        inside |= bool(right_remote) or bool(left_remote) and (
+            _compares(left, remote) or not _clean(left, remote))
         msg = None
         if step.msg is not None:
             msg = _compile_expr(_rewritten(step.msg, remote, local))
@@ -322,12 +349,9 @@ def _all_names(code: CodeType) -> set[str]:
     return names
 
 
-def _side(node: ast.expr, text: str, remote: frozenset[str], local: frozenset[str],
-          whole: bool) -> Side:
+def _side(node: ast.expr, text: str, remote: frozenset[str], local: frozenset[str]) -> Side:
     if _loads(node) & remote:
-        if whole:
-            return Side(op=_op(node, text, remote, local))
-        return Side(code=_compile_expr(_rewritten(node, remote, local)))
+        return Side(op=_op(node, text, remote, local))
     try:
         return Side(encoded=encode(ast.literal_eval(node)))   # the same for every program
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
@@ -377,7 +401,7 @@ def _outside_chains(node: ast.AST, remote: frozenset[str]):
 
 
 def _clean(node: ast.expr, remote: frozenset[str]) -> bool:
-    """No operator mixes a program value with test data: the whole may go to the child."""
+    """No operator mixes a program value with test data (which the child would then see)."""
     for n in _outside_chains(node, remote):
         if isinstance(n, ast.BinOp):
             operands = [n.left, n.right]
