@@ -41,6 +41,15 @@ BUILTIN_NAMES = frozenset(dir(builtins))
 SHIP = "__persd_ship__"   # the worker's function, in the test namespace, that runs an operation
 
 
+@dataclass(frozen=True)
+class Facts:
+    """What one expression holds, from one walk."""
+
+    loads: frozenset[str]      # names it reads
+    stores: frozenset[str]     # names it binds (lambda arguments, comprehension targets...)
+    operators: bool            # it has a BinOp, BoolOp, Compare or IfExp somewhere
+
+
 @dataclass(frozen=True, eq=False)
 class Split:
     """`assert LEFT == RIGHT[, MSG]`: judged by comparing encodings."""
@@ -50,6 +59,8 @@ class Split:
     msg: ast.expr | None
     left_src: str              # for feedback, "Input: <left_src> ... Expected: <right_src>",
     right_src: str             # and the text of an operation
+    left_facts: Facts
+    right_facts: Facts
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,6 +69,7 @@ class Exec:
 
     stmt: ast.stmt
     src: str
+    facts: Facts
 
 
 @dataclass(frozen=True, eq=False)
@@ -119,8 +131,9 @@ class Plan:
 def parse_test(source: str, call: str | None, expected: str | None) -> Parsed:
     try:
         if call is not None and expected is not None:   # the caller's split: judge the pair
-            steps: tuple = (Split(ast.parse(call, mode="eval").body,
-                                  ast.parse(expected, mode="eval").body, None, call, expected),)
+            left = ast.parse(call, mode="eval").body
+            right = ast.parse(expected, mode="eval").body
+            steps: tuple = (Split(left, right, None, call, expected, _scan(left), _scan(right)),)
         else:
             text = _Text(source)
             steps = tuple(_step(stmt, text) for stmt in ast.parse(source).body)
@@ -128,20 +141,21 @@ def parse_test(source: str, call: str | None, expected: str | None) -> Parsed:
         return Parsed((), frozenset(), frozenset(), f"SyntaxError: {exc.msg} (in the test)")
     loads, stores = set(), set()
     for step in steps:
-        nodes = (step.left, step.right, step.msg) if isinstance(step, Split) else (step.stmt,)
-        for node in filter(None, nodes):
-            names = _names_in(node)
-            loads |= names[0]
-            stores |= names[1]
+        facts = (step.left_facts, step.right_facts) if isinstance(step, Split) else (step.facts,)
+        if isinstance(step, Split) and step.msg is not None:
+            facts += (_scan(step.msg),)
+        for fact in facts:
+            loads |= fact.loads
+            stores |= fact.stores
     return Parsed(steps, frozenset(loads), frozenset(stores))
 
 
 def _step(stmt: ast.stmt, text: _Text) -> Split | Exec:
     compare = _compare(stmt)
     if compare is None:
-        return Exec(stmt, text.of(stmt))
+        return Exec(stmt, text.of(stmt), _scan(stmt))
     left, right = compare.left, compare.comparators[0]
-    return Split(left, right, stmt.msg, text.of(left), text.of(right))
+    return Split(left, right, stmt.msg, text.of(left), text.of(right), _scan(left), _scan(right))
 
 
 def _compare(stmt: ast.stmt) -> ast.Compare | None:
@@ -167,6 +181,33 @@ class _Text:
         return b"".join(parts).decode()
 
 
+_OPERATORS = (ast.BinOp, ast.BoolOp, ast.Compare, ast.IfExp)
+
+
+def _scan(node: ast.AST) -> Facts:
+    loads, stores = set(), set()
+    operators = False
+    for n in ast.walk(node):
+        if isinstance(n, ast.Name):
+            (loads if isinstance(n.ctx, ast.Load) else stores).add(n.id)
+        elif isinstance(n, _OPERATORS):
+            operators = True
+        else:
+            _bound(n, stores)
+    return Facts(frozenset(loads), frozenset(stores), operators)
+
+
+def _bound(n: ast.AST, stores: set[str]) -> None:
+    if isinstance(n, ast.arg):
+        stores.add(n.arg)
+    elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        stores.add(n.name)
+    elif isinstance(n, (ast.Import, ast.ImportFrom)):
+        stores.update((a.asname or a.name).split(".")[0] for a in n.names)
+    elif isinstance(n, ast.ExceptHandler) and n.name:
+        stores.add(n.name)
+
+
 def _names_in(node: ast.AST) -> tuple[set[str], set[str]]:
     """(names read, names bound) anywhere in `node`."""
     loads, stores = set(), set()
@@ -184,13 +225,8 @@ def _names_in(node: ast.AST) -> tuple[set[str], set[str]]:
     return loads, stores
 
 
-@functools.lru_cache(maxsize=1 << 16)   # parsed tests are cached: their nodes live on
-def _loads(node: ast.AST) -> frozenset[str]:
-    """Names read anywhere in `node` (each node's set computed once, from its children's)."""
-    if isinstance(node, ast.Name):
-        return frozenset((node.id,)) if isinstance(node.ctx, ast.Load) else frozenset()
-    children = [_loads(child) for child in ast.iter_child_nodes(node)]
-    return frozenset().union(*children) if children else frozenset()
+def _loads(node: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
 
 
 # --------------------------------------------------------------------------------- planning
@@ -259,21 +295,21 @@ def plan_test(parsed: Parsed, remote: frozenset[str], local: frozenset[str]) -> 
     for step in parsed.steps:
         if isinstance(step, Exec):
             stmt = step.stmt
-            if _loads(stmt) & remote:
+            if step.facts.loads & remote:
                 stmt = _Rewrite(remote, local).visit(ast.parse(step.src).body[0])
             module = ast.fix_missing_locations(ast.Module([stmt], []))
             steps.append(ExecPlan(compile(module, "<test>", "exec"), step.src))
             ahead = _extend(ahead, _fixed_chains(step.stmt, remote, local))
             continue
         left, right, left_src, right_src = step.left, step.right, step.left_src, step.right_src
-        left_remote, right_remote = _loads(left) & remote, _loads(right) & remote
-        if right_remote and not left_remote:   # `assert 5 == f(2)`
+        left_facts, right_facts = step.left_facts, step.right_facts
+        if right_facts.loads & remote and not left_facts.loads & remote:   # `assert 5 == f(2)`
             left, right, left_src, right_src = right, left, right_src, left_src
-            left_remote, right_remote = right_remote, left_remote
-        left_side = _side(left, left_src, remote, local)
-        right_side = _side(right, right_src, remote, local)
-        inside |= bool(right_remote) or bool(left_remote) and (
-            _compares(left, remote) or not _clean(left, remote))
+            left_facts, right_facts = right_facts, left_facts
+        left_side = _side(left, left_src, left_facts, remote, local)
+        right_side = _side(right, right_src, right_facts, remote, local)
+        inside |= bool(right_facts.loads & remote) or bool(left_facts.loads & remote) and (
+            left_facts.operators and (_compares(left, remote) or not _clean(left, remote)))
         msg = None
         if step.msg is not None:
             msg = _compile_expr(_rewritten(step.msg, remote, local))
@@ -349,9 +385,11 @@ def _all_names(code: CodeType) -> set[str]:
     return names
 
 
-def _side(node: ast.expr, text: str, remote: frozenset[str], local: frozenset[str]) -> Side:
-    if _loads(node) & remote:
-        return Side(op=_op(node, text, remote, local))
+def _side(node: ast.expr, text: str, facts: Facts, remote: frozenset[str],
+          local: frozenset[str]) -> Side:
+    if facts.loads & remote:
+        bindings = tuple(sorted((facts.loads - facts.stores - remote) & local))
+        return Side(op=Op(f"lambda {', '.join(bindings)}: ({text})", bindings))
     try:
         return Side(encoded=encode(ast.literal_eval(node)))   # the same for every program
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
