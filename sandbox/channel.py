@@ -76,6 +76,7 @@ class Channel:
         self.end: tuple[int, float] | None = None   # (wait status, CPU s) from the zygote
         self.fork_errno: int | None = None
         self.timed_out = False
+        self.finished = False
         self.grace = time.monotonic()
         self.pending = bytearray()     # frames for the child not yet written
         self.closing = False           # close its input once `pending` is written
@@ -124,6 +125,7 @@ class Channel:
     def finish(self, kill: bool) -> ChildEnd | None:
         """Close the child's input (or kill it), wait for it to end and read what it left;
         None if the zygote stopped answering (the worker must retire)."""
+        self.finished = True
         self.closing = True
         self._flush()
         if self.input_w >= 0 and (kill or self.pending):

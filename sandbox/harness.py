@@ -6,17 +6,19 @@ fd closed except stdin=/dev/null, stdout/stderr=a capped pipe, fd 3=the result c
 worker and fd 4=the input channel from it, rlimits, and last the seccomp filter; see
 confine.py), then reads the program, runs it, and answers the worker's operations one at a time.
 
-It never sees a test. An operation is a piece of a test's *input*: the source of a lambda that
-the worker cut out of a test (`lambda: f(1, 2)`, or `lambda __f, __a, __k: __f(*__a, **__k)`
-for a call the worker's own evaluation makes), evaluated in the program's namespace and called
-with the given arguments; the child sends back what it returned, strictly encoded (values.py),
-or the exception it raised. Expected values, comparisons and verdicts stay in the worker (see
+It never sees a test. An operation is a piece of a test's *input*: a lambda that the worker cut
+out of a test (`lambda: f(1, 2)`, or `lambda __f, __a, __k: __f(*__a, **__k)` for a call the
+worker's own evaluation makes), compiled by the worker (marshal, hex; compiling here cost more
+than running most tests), evaluated in the program's namespace and called with the given
+arguments; the child sends back what it returned, strictly encoded (values.py), or the
+exception it raised. Answers to one frame's operations are written together (one write, one
+wake-up of the worker), or every FLUSH_S while a frame's operations take long. Expected values, comparisons and verdicts stay in the worker (see
 judge.py), and the child is forked from a zygote that never held a test either, so nothing in
 this process's memory says what the right output is. A program that takes over this harness
 (its frames, the garbage collector, fd 3) can only send outputs of its choosing, which is what
 computing them amounts to.
 
-Frames (protocol.py), worker -> child on fd 4:  {"code": "..."}, then {"ops": [[src, [args]]]}*
+Frames (protocol.py), worker -> child on fd 4:  {"code": "..."}, then {"ops": [[code, [args]]]}*
 Frames, child -> worker on fd 3, in order:
     {"k": "start"}                                  confined, program next
     {"k": "ready"}                                  the program ran; operations next
@@ -35,30 +37,31 @@ from __future__ import annotations
 import builtins
 import fcntl
 import gc
+import marshal
 import os
 import resource
 import signal
 import sys
 import tempfile
+import time
 import traceback
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Callable, NoReturn
 
 from sandbox.confine import Confinement
-from sandbox.protocol import WorkerLimits, read_frame, write_frame_fd
+from sandbox.protocol import WorkerLimits, encode_frame, read_frame, write_frame_fd
 from sandbox.values import decode, encode, type_name
 
 RESULT_FD = 3          # the result channel's fd number in the child
 INPUT_FD = 4           # the input channel's fd number in the child
 HARNESS_FAULT = 113    # exit code when the harness itself failed before running the program
 MAX_TEXT = 1000        # characters of any message sent to the worker
-
-Send = Callable[..., None]
+FLUSH_S = 0.02         # s: answers held back at most this long while a frame's ops run
 
 # Bound at import, before any program runs, so a program that patches these builtins does not
-# change how the harness compiles operations.
-_compile, _eval, _exec = compile, eval, exec
+# change how the harness runs the program and its operations.
+_compile, _eval, _exec, _loads, _fromhex = compile, eval, exec, marshal.loads, bytes.fromhex
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ def run_child(input_fd: int, result_fd: int, output_fd: int, limits: WorkerLimit
     """Entry point in the freshly forked child; exits the process, never returns."""
     try:
         _confine(limits, input_fd, result_fd, output_fd, setup)
-        send = _sender()
+        send = _Sender()
         send("start")   # before any program code: its absence is the sandbox's fault
     except BaseException:
         os._exit(HARNESS_FAULT)
@@ -136,14 +139,30 @@ def _max_fd() -> int:
     return soft if soft != resource.RLIM_INFINITY else 65536
 
 
-def _sender(_write: Callable = write_frame_fd) -> Send:
-    def send(message_kind: str, /, **fields: Any) -> None:
+class _Sender:
+    """Frames to the worker, held back until `flush` (one write for many answers)."""
+
+    def __init__(self, _write: Callable = write_frame_fd, _frame: Callable = encode_frame) -> None:
+        self.held: list[bytes] = []
+        self.since = time.monotonic()
+        self._write, self._frame = _write, _frame
+
+    def __call__(self, message_kind: str, /, **fields: Any) -> None:
         fields["k"] = message_kind
-        _write(RESULT_FD, fields)
-    return send
+        self.held.append(self._frame(fields))
+        if message_kind in ("start", "stop", "done") or time.monotonic() - self.since > FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.held:
+            data, self.held = b"".join(self.held), []
+            view = memoryview(data)
+            while view:
+                view = view[os.write(RESULT_FD, view):]
+        self.since = time.monotonic()
 
 
-def _serve(send: Send) -> None:
+def _serve(send: _Sender) -> None:
     frames = open(INPUT_FD, "rb", buffering=1 << 16, closefd=False)
     first = read_frame(frames)
     if first is None:
@@ -169,12 +188,16 @@ def _serve(send: Send) -> None:
             return _eval(_compile(reference[1], "<name>", "eval"), namespace)
         raise ValueError(f"cannot resolve {reference[0]!r}")
 
-    while (frame := read_frame(frames)) is not None:
-        for source, args in frame["ops"]:
+    while True:
+        send.flush()   # before waiting for the worker, which may be waiting for these
+        frame = read_frame(frames)
+        if frame is None:
+            break
+        for wire, args in frame["ops"]:
             try:
-                code = compiled.get(source)
+                code = compiled.get(wire)
                 if code is None:
-                    code = compiled[source] = _compile(source, "<test input>", "eval")
+                    code = compiled[wire] = _loads(_fromhex(wire))
                 value = _eval(code, namespace)(*[decode(arg, resolve) for arg in args])
                 kind, message = "out", {"v": encode(value, keep)}
             except (SystemExit, MemoryError) as exc:
@@ -187,7 +210,7 @@ def _serve(send: Send) -> None:
     send("done")
 
 
-def _stop(send: Send, stage: str, exc: BaseException, namespace: dict[str, Any]) -> None:
+def _stop(send: _Sender, stage: str, exc: BaseException, namespace: dict[str, Any]) -> None:
     if isinstance(exc, MemoryError):
         namespace.clear()   # free what the program holds so the report itself can be sent
         gc.collect()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import builtins
 import collections
 import functools
+import marshal
 import sys
 import types
 from typing import Any
@@ -186,7 +187,7 @@ class Judge:
         while end < len(plans) and plans[end] is not None and plans[end].ahead is not None:
             for source in plans[end].ahead:
                 self.ahead.append((end, source))
-                ops.append([source, []])
+                ops.append([_wire(source), []])
             end += 1
         self.sent_upto = end
         if ops:
@@ -281,7 +282,7 @@ class Judge:
             self.ahead.popleft()
             message = self.early.popleft() if self.early else self._next_answer()
         else:
-            frame = [source, [encode(arg, _sendable) for arg in args]]
+            frame = [_wire(source), [encode(arg, _sendable) for arg in args]]
             if any(arg[0] == "toolarge" for arg in frame[1]):
                 raise Opaque("an argument is too large to send to the program")
             self.channel.send({"ops": [frame]})
@@ -433,6 +434,12 @@ def _field(message: dict, name: str) -> str:
 @functools.lru_cache(maxsize=1024)
 def _compiled(source: str, mode: str = "exec") -> Any:
     return compile(source, "<setup>", mode)
+
+
+@functools.lru_cache(maxsize=8192)
+def _wire(source: str) -> str:
+    """An operation as the child gets it: compiled here, once (marshal, hex)."""
+    return marshal.dumps(compile(source, "<test input>", "eval")).hex()
 
 
 def _str(exc: Any) -> str:

@@ -131,8 +131,7 @@ class Plan:
 def parse_test(source: str, call: str | None, expected: str | None) -> Parsed:
     try:
         if call is not None and expected is not None:   # the caller's split: judge the pair
-            left = ast.parse(call, mode="eval").body
-            right = ast.parse(expected, mode="eval").body
+            left, right = _pair(call, expected)
             steps: tuple = (Split(left, right, None, call, expected, _scan(left), _scan(right)),)
         else:
             text = _Text(source)
@@ -148,6 +147,17 @@ def parse_test(source: str, call: str | None, expected: str | None) -> Parsed:
             loads |= fact.loads
             stores |= fact.stores
     return Parsed(steps, frozenset(loads), frozenset(stores))
+
+
+def _pair(call: str, expected: str) -> tuple[ast.expr, ast.expr]:
+    """Both expressions from one parse (a parse costs more than the rest of planning)."""
+    try:
+        both = ast.parse(f"(\n{call}\n),(\n{expected}\n)", mode="eval").body
+    except SyntaxError:
+        both = None
+    if isinstance(both, ast.Tuple) and len(both.elts) == 2:
+        return both.elts[0], both.elts[1]
+    return ast.parse(call, mode="eval").body, ast.parse(expected, mode="eval").body   # the error
 
 
 def _step(stmt: ast.stmt, text: _Text) -> Split | Exec:
@@ -184,15 +194,20 @@ class _Text:
 _OPERATORS = (ast.BinOp, ast.BoolOp, ast.Compare, ast.IfExp)
 
 
+_BINDERS = (ast.arg, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Import,
+            ast.ImportFrom, ast.ExceptHandler)
+
+
 def _scan(node: ast.AST) -> Facts:
     loads, stores = set(), set()
     operators = False
     for n in ast.walk(node):
-        if isinstance(n, ast.Name):
-            (loads if isinstance(n.ctx, ast.Load) else stores).add(n.id)
-        elif isinstance(n, _OPERATORS):
+        kind = type(n)
+        if kind is ast.Name:
+            (loads if type(n.ctx) is ast.Load else stores).add(n.id)
+        elif kind in _OPERATORS:
             operators = True
-        else:
+        elif kind in _BINDERS:
             _bound(n, stores)
     return Facts(frozenset(loads), frozenset(stores), operators)
 

@@ -14,9 +14,10 @@ worker's life and emptied after each program), probes both mechanisms in throwaw
 starts the zygote (zygote.py) before it has read a single test, says Hello (which reports what
 works), has the zygote fork a child that confines itself and waits for a program (harness.py),
 then loops: read a Request frame, send that child the program, judge every test here while the
-child computes what the tests ask of the program (judge.py), wait for the child to end (the
-zygote kills and reaps everything it left behind), wipe the scratch directory, decide the
-verdict (verdict.py), write a Reply, and have the next child forked while the pool answers.
+child computes what the tests ask of the program (judge.py), decide the verdict (verdict.py), write
+a Reply, wait for the child to end (the zygote kills and reaps everything it left behind; a child
+that answered everything is waited for after the reply), wipe the scratch directory, and have
+the next child forked while the pool answers.
 
 Why pid 1: the kernel drops signals sent to a namespace's init from inside the namespace unless
 init handles them, so a program cannot kill or stop the worker that judges it, and the
@@ -45,7 +46,7 @@ from sandbox.confine import Confinement
 from sandbox.judge import Judge
 from sandbox.protocol import (Hello, Outcome, Reply, Request, WorkerLimits, from_wire, read_frame,
                               to_wire, write_frame)
-from sandbox.verdict import decide
+from sandbox.verdict import ChildEnd, decide
 from sandbox.zygote import Zygote
 
 # Imported once here so that programs using them start in a fork, not an import.
@@ -92,7 +93,7 @@ def main() -> None:
         channel = channel or Channel(zygote, output_cap)
         reply = grade(request, limits, scratch, workdir, channel)
         write_frame(replies, to_wire(reply))
-        if reply.retire:
+        if reply.retire or not clean_up(channel, scratch, workdir):
             break   # the pool replaces this worker; bwrap takes every process with it
         channel = Channel(zygote, output_cap)   # the next program's child, forked ahead
     zygote.close()
@@ -107,9 +108,13 @@ def grade(request: Request, limits: WorkerLimits, scratch: str, workdir: str,
     channel.start(request.timeout_s)
     judge = Judge(request, channel)
     run = judge.run()
-    end = channel.finish(kill=run.timed_out or run.corrupt is not None or not run.done)
+    if run.done and not run.timed_out and run.corrupt is None:
+        # The child answered everything and said so: how it exits cannot change a verdict
+        # made here, so the reply goes now; clean_up collects its end before the next fork.
+        end: ChildEnd | None = ChildEnd(exit_code=0, signal=None, timed_out=False, cpu_s=0.0)
+    else:
+        end = channel.finish(kill=True)
     duration = time.monotonic() - started
-    _wipe(scratch, workdir)
     verdict = decide(len(request.tests), request.timeout_s, run, end, limits.cpu_s)
     feedback = verdict.feedback
     if verdict.status is Outcome.KILLED and channel.output:
@@ -117,6 +122,15 @@ def grade(request: Request, limits: WorkerLimits, scratch: str, workdir: str,
         feedback = f"{feedback}; last output: {tail}"[:500]
     return Reply(request.program_id, verdict.status.value, verdict.test_passed, feedback,
                  duration, judge.inside, end is None)
+
+
+def clean_up(channel: Channel, scratch: str, workdir: str) -> bool:
+    """After the reply: the child's end (if not yet collected), then the scratch directory
+    wiped; False if the zygote stopped answering."""
+    if not channel.finished:
+        channel.finish(kill=False)
+    _wipe(scratch, workdir)
+    return not channel.zygote_lost
 
 
 def _wipe(scratch: str, workdir: str) -> None:
