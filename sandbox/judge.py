@@ -5,12 +5,10 @@ worker, with each piece of program input computed by the child (plan.py, harness
 
 The test namespace holds the setup's names and builtins (trusted: the worker's own). A program
 chain in a test becomes an operation whose answer is decoded into fresh builtin values, or into
-a `Remote` when it is an object only the program understands. A `Remote` can be called, have
-attributes read or set, or be passed back to the program; any other use (==, bool, len, iterate,
-arithmetic) is a TypeError, so no program code ever takes part in judging its own output, and
-an object whose `__eq__` always says yes compares equal to nothing. Names the setup's own
-functions use that nothing here defines (HumanEval's `check` calling the prompt's `poly`) are
-looked up in the program, as `Remote`s, by the namespace's `__missing__`.
+a `Remote` when it is an object only the program understands (remote.py: it can be called or
+have attributes read, never compared). Names the setup's own functions use that nothing here
+defines (HumanEval's `check` calling the prompt's `poly`) are looked up in the program, as
+`Remote`s, by the namespace's `__missing__`.
 
 Operations whose input is fixed (a test `assert f(1) == 2`: `lambda: (f(1))`) are sent ahead in
 one frame, and when no later test can need another, the child's input is closed with them, so
@@ -23,7 +21,6 @@ Runs in the jail: stdlib and orjson only.
 """
 from __future__ import annotations
 
-import builtins
 import collections
 import functools
 import marshal
@@ -32,13 +29,14 @@ import types
 from typing import Any
 
 from sandbox.channel import Abort, Channel, Corrupt, Gone, TimedOut
-from sandbox.plan import (BUILTIN_NAMES, SHIP, ExecPlan, Parsed, Plan, SplitPlan, names_for,
-                          parse_test, plan_test)
+from sandbox.parse import Parsed, names_for, parse_test
+from sandbox.plan import SHIP, ExecPlan, Plan, SplitPlan, plan_test
 from sandbox.protocol import Outcome, Request
-from sandbox.values import decode, encode, equal, type_name
+from sandbox.remote import (Namespace, Opaque, Raised, Remote, Unsendable, label, raised_type,
+                            sendable)
+from sandbox.values import decode, encode, equal
 from sandbox.verdict import Run, TestResult, exception_text
 
-CALL = "lambda __f, __a, __k: __f(*__a, **__k)"
 MAX_SHOW = 300   # characters of an output shown in feedback
 _UNSET = object()
 _PASS = TestResult(True, Outcome.PASSED, "")
@@ -46,67 +44,6 @@ _PASS = TestResult(True, Outcome.PASSED, "")
 
 class Stopped(Abort):
     """The child stopped: its program failed to run, or raised SystemExit / MemoryError."""
-
-
-class Opaque(TypeError):
-    """A program object used where only a value can be judged."""
-
-
-class Raised(Exception):
-    """An exception the program raised, rebuilt here (a builtin exception type is kept)."""
-
-    def __init__(self, etype: str, msg: str) -> None:
-        Exception.__init__(self, msg)
-        self.etype, self.msg = etype, msg
-
-    def __str__(self) -> str:
-        return self.msg
-
-
-class Remote:
-    """A program object the child keeps; see the module docstring for what it allows."""
-
-    __slots__ = ("_judge", "_ref", "_type")
-
-    def __init__(self, judge: Judge, ref: list | None, kind: str) -> None:
-        object.__setattr__(self, "_judge", judge)
-        object.__setattr__(self, "_ref", ref)    # ["ref", id] / ["name", n]; None: unusable
-        object.__setattr__(self, "_type", kind)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._judge.operate(CALL, [self, list(args), dict(kwargs)])
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or not name.isidentifier():
-            raise AttributeError(name)   # Python's own probes (copy, pickle) stay here
-        return self._judge.operate(f"lambda __o: __o.{name}", [self])
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if not name.isidentifier():
-            raise AttributeError(name)
-        self._judge.operate(f"lambda __o, __v: __o.__setattr__({name!r}, __v)", [self, value])
-
-    def __bool__(self) -> bool:
-        raise Opaque(f"the truth of a {self._type} object is the program's to say")
-
-    def __reduce_ex__(self, protocol: Any) -> Any:
-        raise Opaque(f"a {self._type} object lives in the program")
-
-    def __repr__(self) -> str:
-        return f"<{self._type} object>"
-
-
-class Namespace(dict):
-    """The tests' globals: setup names, builtins, and program names on demand."""
-
-    def __init__(self, judge: Judge) -> None:
-        super().__init__(__builtins__=builtins, __name__="__test__")
-        self._judge = judge
-
-    def __missing__(self, name: str) -> Any:
-        if name in BUILTIN_NAMES:
-            raise KeyError(name)   # let the builtins answer
-        return Remote(self._judge, ["name", name], name)
 
 
 class Judge:
@@ -251,11 +188,15 @@ class Judge:
         """(encoding, value): an op's answer as sent, or the worker's value, encoded here."""
         if side.op is not None:
             args = [self._bound(name) for name in side.op.bindings]
-            return self._answer(side.op.source, args), _UNSET
+            try:
+                return self._answer(side.op.source, args), _UNSET
+            except Unsendable:   # an argument only the worker has: see _ship
+                value = eval(_compiled(side.op.source, "eval"), self.ns)(*args)
+                return encode(value, label), value
         if side.encoded is not None:   # a literal, encoded once when the test was planned
             return side.encoded, _UNSET
         value = eval(side.code, self.ns)
-        return encode(value, _label), value
+        return encode(value, label), value
 
     # ------------------------------------------------------------------------- operations
 
@@ -267,7 +208,7 @@ class Judge:
         """What a test's rewritten program chain calls (plan.py)."""
         try:
             return self._decode(self._answer(source, list(args)))
-        except _Unsendable:
+        except Unsendable:
             # An argument only the worker has (a setup function): evaluate the chain here,
             # its program names as Remotes, and send the program only what it can take.
             return eval(_compiled(source, "eval"), self.ns)(*args)
@@ -282,7 +223,7 @@ class Judge:
             self.ahead.popleft()
             message = self.early.popleft() if self.early else self._next_answer()
         else:
-            frame = [_wire(source), [encode(arg, _sendable) for arg in args]]
+            frame = [_wire(source), [encode(arg, sendable) for arg in args]]
             if any(arg[0] == "toolarge" for arg in frame[1]):
                 raise Opaque("an argument is too large to send to the program")
             self.channel.send({"ops": [frame]})
@@ -297,7 +238,7 @@ class Judge:
             return value
         if kind == "raise":
             etype, msg = _field(message, "etype"), _field(message, "msg")
-            raise _raised_type(etype)(etype, msg)
+            raise raised_type(etype)(etype, msg)
         if kind == "stop":
             self._stopped(message, "test")
         raise Corrupt(f"unexpected message {kind!r}")
@@ -382,16 +323,6 @@ class Judge:
         raise ValueError(f"unexpected reference {encoded[0]!r}")
 
 
-class _Unsendable(Opaque):
-    pass
-
-
-def _sendable(value: Any) -> list:
-    if isinstance(value, Remote) and value._ref is not None:
-        return value._ref
-    raise _Unsendable(f"a {type_name(value)} cannot be sent to the program")
-
-
 def _opaque_in(encoded: Any) -> bool:
     if encoded[0] == "opaque":
         return True
@@ -400,28 +331,6 @@ def _opaque_in(encoded: Any) -> bool:
     if encoded[0] == "dict":
         return any(_opaque_in(k) or _opaque_in(v) for k, v in encoded[1])
     return False
-
-
-def _label(value: Any) -> list:
-    return ["opaque", value._type if isinstance(value, Remote) else type_name(value)]
-
-
-_RAISED: dict[str, type] = {}
-
-
-def _raised_type(etype: str) -> type:
-    """A subclass of Raised and of the builtin exception of that name, if there is one, so a
-    test's `except ValueError` still catches the program's ValueError."""
-    base = getattr(builtins, etype, None) if etype in BUILTIN_NAMES else None
-    if not (isinstance(base, type) and issubclass(base, Exception)):
-        return Raised
-    if etype not in _RAISED:
-        try:
-            _RAISED[etype] = type(etype, (Raised, base), {"__init__": Raised.__init__,
-                                                          "__str__": Raised.__str__})
-        except TypeError:
-            _RAISED[etype] = Raised
-    return _RAISED[etype]
 
 
 def _field(message: dict, name: str) -> str:

@@ -47,7 +47,7 @@ from sandbox.protocol import (HEADER, MAX_FRAME, Hello, Outcome, ProtocolError, 
 log = logging.getLogger(__name__)
 
 JAIL_MODULES = ("protocol.py", "values.py", "harness.py", "verdict.py", "worker.py", "confine.py",
-                "zygote.py", "channel.py", "plan.py", "judge.py")
+                "zygote.py", "channel.py", "parse.py", "plan.py", "judge.py", "remote.py")
 LIB, DEPS = "/sandbox/lib", "/sandbox/deps"   # in the jail: our modules, and orjson
 BOOT = "import sys; sys.path[:0] = [{lib!r}, {deps!r}]; from sandbox.worker import main; main()"
 HELLO_TIMEOUT_S = 30.0

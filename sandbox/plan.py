@@ -27,59 +27,16 @@ Runs in the jail: stdlib and orjson only.
 from __future__ import annotations
 
 import ast
-import builtins
 import functools
-import re
 import sys
 from dataclasses import dataclass
 from types import CodeType
-from typing import Any, Collection, Iterable, Mapping
+from typing import Any, Iterable
 
+from sandbox.parse import Exec, Facts, Parsed, loads_of, names_for, names_in, parse_test
 from sandbox.values import encode
 
-BUILTIN_NAMES = frozenset(dir(builtins))
 SHIP = "__persd_ship__"   # the worker's function, in the test namespace, that runs an operation
-
-
-@dataclass(frozen=True)
-class Facts:
-    """What one expression holds, from one walk."""
-
-    loads: frozenset[str]      # names it reads
-    stores: frozenset[str]     # names it binds (lambda arguments, comprehension targets...)
-    operators: bool            # it has a BinOp, BoolOp, Compare or IfExp somewhere
-
-
-@dataclass(frozen=True, eq=False)
-class Split:
-    """`assert LEFT == RIGHT[, MSG]`: judged by comparing encodings."""
-
-    left: ast.expr
-    right: ast.expr
-    msg: ast.expr | None
-    left_src: str              # for feedback, "Input: <left_src> ... Expected: <right_src>",
-    right_src: str             # and the text of an operation
-    left_facts: Facts
-    right_facts: Facts
-
-
-@dataclass(frozen=True, eq=False)
-class Exec:
-    """Any other statement: executed by the worker."""
-
-    stmt: ast.stmt
-    src: str
-    facts: Facts
-
-
-@dataclass(frozen=True, eq=False)
-class Parsed:
-    """What a test says, independent of the program and the setup (cached per test)."""
-
-    steps: tuple[Split | Exec, ...]
-    loads: frozenset[str]      # every name the test reads
-    stores: frozenset[str]     # every name the test binds (assignments, lambda arguments, ...)
-    error: str = ""            # the test is not valid Python
 
 
 @dataclass(frozen=True)
@@ -125,146 +82,11 @@ class Plan:
     calls_program: bool        # some part of the test runs in the child
 
 
-# --------------------------------------------------------------------------------- parsing
-
-@functools.lru_cache(maxsize=8192)
-def parse_test(source: str, call: str | None, expected: str | None) -> Parsed:
-    try:
-        if call is not None and expected is not None:   # the caller's split: judge the pair
-            left, right = _pair(call, expected)
-            steps: tuple = (Split(left, right, None, call, expected, _scan(left), _scan(right)),)
-        else:
-            text = _Text(source)
-            steps = tuple(_step(stmt, text) for stmt in ast.parse(source).body)
-    except SyntaxError as exc:
-        return Parsed((), frozenset(), frozenset(), f"SyntaxError: {exc.msg} (in the test)")
-    loads, stores = set(), set()
-    for step in steps:
-        facts = (step.left_facts, step.right_facts) if isinstance(step, Split) else (step.facts,)
-        if isinstance(step, Split) and step.msg is not None:
-            facts += (_scan(step.msg),)
-        for fact in facts:
-            loads |= fact.loads
-            stores |= fact.stores
-    return Parsed(steps, frozenset(loads), frozenset(stores))
-
-
-def _pair(call: str, expected: str) -> tuple[ast.expr, ast.expr]:
-    """Both expressions from one parse (a parse costs more than the rest of planning)."""
-    try:
-        both = ast.parse(f"(\n{call}\n),(\n{expected}\n)", mode="eval").body
-    except SyntaxError:
-        both = None
-    if isinstance(both, ast.Tuple) and len(both.elts) == 2:
-        return both.elts[0], both.elts[1]
-    return ast.parse(call, mode="eval").body, ast.parse(expected, mode="eval").body   # the error
-
-
-def _step(stmt: ast.stmt, text: _Text) -> Split | Exec:
-    compare = _compare(stmt)
-    if compare is None:
-        return Exec(stmt, text.of(stmt), _scan(stmt))
-    left, right = compare.left, compare.comparators[0]
-    return Split(left, right, stmt.msg, text.of(left), text.of(right), _scan(left), _scan(right))
-
-
-def _compare(stmt: ast.stmt) -> ast.Compare | None:
-    test = getattr(stmt, "test", None)
-    if (isinstance(stmt, ast.Assert) and isinstance(test, ast.Compare) and len(test.ops) == 1
-            and isinstance(test.ops[0], ast.Eq)):
-        return test
-    return None
-
-
-class _Text:
-    """The source text of a node (ast.get_source_segment, without re-splitting per node)."""
-
-    def __init__(self, source: str) -> None:
-        self.lines = [line.encode() for line in source.splitlines(keepends=True)]
-
-    def of(self, node: ast.AST) -> str:
-        first, last = node.lineno - 1, node.end_lineno - 1
-        if first == last:
-            return self.lines[first][node.col_offset:node.end_col_offset].decode()
-        parts = [self.lines[first][node.col_offset:], *self.lines[first + 1:last],
-                 self.lines[last][:node.end_col_offset]]
-        return b"".join(parts).decode()
-
-
-_OPERATORS = (ast.BinOp, ast.BoolOp, ast.Compare, ast.IfExp)
-
-
-_BINDERS = (ast.arg, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Import,
-            ast.ImportFrom, ast.ExceptHandler)
-
-
-def _scan(node: ast.AST) -> Facts:
-    loads, stores = set(), set()
-    operators = False
-    for n in ast.walk(node):
-        kind = type(n)
-        if kind is ast.Name:
-            (loads if type(n.ctx) is ast.Load else stores).add(n.id)
-        elif kind in _OPERATORS:
-            operators = True
-        elif kind in _BINDERS:
-            _bound(n, stores)
-    return Facts(frozenset(loads), frozenset(stores), operators)
-
-
-def _bound(n: ast.AST, stores: set[str]) -> None:
-    if isinstance(n, ast.arg):
-        stores.add(n.arg)
-    elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-        stores.add(n.name)
-    elif isinstance(n, (ast.Import, ast.ImportFrom)):
-        stores.update((a.asname or a.name).split(".")[0] for a in n.names)
-    elif isinstance(n, ast.ExceptHandler) and n.name:
-        stores.add(n.name)
-
-
-def _names_in(node: ast.AST) -> tuple[set[str], set[str]]:
-    """(names read, names bound) anywhere in `node`."""
-    loads, stores = set(), set()
-    for n in ast.walk(node):
-        if isinstance(n, ast.Name):
-            (loads if isinstance(n.ctx, ast.Load) else stores).add(n.id)
-        elif isinstance(n, ast.arg):
-            stores.add(n.arg)
-        elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            stores.add(n.name)
-        elif isinstance(n, (ast.Import, ast.ImportFrom)):
-            stores.update((a.asname or a.name).split(".")[0] for a in n.names)
-        elif isinstance(n, ast.ExceptHandler) and n.name:
-            stores.add(n.name)
-    return loads, stores
-
-
-def _loads(node: ast.AST) -> set[str]:
-    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
-
-
-# --------------------------------------------------------------------------------- planning
-
-def names_for(parsed: Parsed, trusted: Collection[str], code: str, modules: Mapping[str, Any]
-              ) -> tuple[frozenset[str], frozenset[str], tuple[str, ...]]:
-    """(remote, local, imported) for one test of one program: `trusted` are the names the
-    worker binds (setup, tests); `imported`, program names that are stdlib modules the
-    program imports (`sys`), which the worker binds to its own copy instead."""
-    remote = set(parsed.loads - BUILTIN_NAMES).difference(trusted)
-    imported = tuple(sorted(n for n in remote if n in modules and imports(code, n)))
-    remote.difference_update(imported)
-    bound = set(trusted).union(imported)
-    if not remote:   # no program name: a builtin the program redefines is one (`def sum`)
-        remote = {n for n in parsed.loads & BUILTIN_NAMES if n not in bound and defines(code, n)}
-    return frozenset(remote), frozenset(parsed.loads & bound), imported
-
-
 def shapes(setup: str, code: str, tests: Iterable[Any]) -> list[str]:
     """How each test would be judged, without running anything (for counting, see
     benchmarks/bench_sandbox.py): "outside", "inside", "worker" (no program call at all) or
     "invalid". The setup's names are read statically; the worker uses the executed setup's."""
-    trusted = set(_names_in(ast.parse(setup))[1]) if setup.strip() else set()
+    trusted = set(names_in(ast.parse(setup))[1]) if setup.strip() else set()
     parsed = [parse_test(t.source, t.call, t.expected) for t in tests]
     trusted.update(*(p.stores for p in parsed))
     labels = []
@@ -276,28 +98,6 @@ def shapes(setup: str, code: str, tests: Iterable[Any]) -> list[str]:
         plan = plan_test(facts, remote, local)
         labels.append("inside" if plan.inside else "outside" if plan.calls_program else "worker")
     return labels
-
-
-def imports(code: str, name: str) -> bool:
-    """Whether the program's text has an import line naming `name`."""
-    return _importer(name).search(code) is not None
-
-
-@functools.lru_cache(maxsize=1024)
-def _importer(name: str) -> re.Pattern:
-    return re.compile(rf"^[ \t]*(?:import|from)[ \t][^\n]*\b{re.escape(name)}\b", re.M)
-
-
-def defines(code: str, name: str) -> bool:
-    """Whether the program's text binds `name` at the start of a line (a def, class or `=`)."""
-    return _definer(name).search(code) is not None
-
-
-@functools.lru_cache(maxsize=1024)
-def _definer(name: str) -> re.Pattern:
-    word = re.escape(name)
-    return re.compile(rf"^[ \t]*(?:(?:async[ \t]+)?def|class)[ \t]+{word}\b"
-                      rf"|^[ \t]*{word}[ \t]*(?::[^=\n]*)?=(?!=)", re.M)
 
 
 @functools.lru_cache(maxsize=8192)
@@ -314,7 +114,10 @@ def plan_test(parsed: Parsed, remote: frozenset[str], local: frozenset[str]) -> 
                 stmt = _Rewrite(remote, local).visit(ast.parse(step.src).body[0])
             module = ast.fix_missing_locations(ast.Module([stmt], []))
             steps.append(ExecPlan(compile(module, "<test>", "exec"), step.src))
-            ahead = _extend(ahead, _fixed_chains(step.stmt, remote, local))
+            # A name the worker binds may hold a program object (a setup's `root = Node(1)`),
+            # whose use is an operation no plan can foresee.
+            fixed = None if step.facts.loads & local else _fixed_chains(step.stmt, remote, local)
+            ahead = _extend(ahead, fixed)
             continue
         left, right, left_src, right_src = step.left, step.right, step.left_src, step.right_src
         left_facts, right_facts = step.left_facts, step.right_facts
@@ -328,15 +131,23 @@ def plan_test(parsed: Parsed, remote: frozenset[str], local: frozenset[str]) -> 
         msg = None
         if step.msg is not None:
             msg = _compile_expr(_rewritten(step.msg, remote, local))
-            if SHIP in _all_names(msg):
+            if SHIP in _all_names(msg) or _msg_local(step, local):
                 ahead = None   # evaluated only when the test fails
-        for side in (left_side, right_side):
-            fixed = [side.op] if side.op is not None else (
-                [] if side.code is None or SHIP not in _all_names(side.code) else None)
+        for side, facts in ((left_side, left_facts), (right_side, right_facts)):
+            if side.op is not None:
+                fixed = [side.op]
+            elif side.code is None:
+                fixed = []
+            else:   # worker code: fixed unless it makes ops, or may use a program object
+                fixed = None if SHIP in _all_names(side.code) or facts.loads & local else []
             ahead = _extend(ahead, fixed)
         steps.append(SplitPlan(left_side, right_side, msg, left_src, right_src))
     calls = any(SHIP in _names(s) for s in steps)
     return Plan(tuple(steps), None if ahead is None else tuple(ahead), inside, calls)
+
+
+def _msg_local(step: Any, local: frozenset[str]) -> bool:
+    return bool(loads_of(step.msg) & local)
 
 
 def _extend(ahead: list[str] | None, ops: list[Op] | None) -> list[str] | None:
@@ -357,14 +168,14 @@ def _fixed_chains(stmt: ast.stmt, remote: frozenset[str], local: frozenset[str]
     if isinstance(stmt, (ast.Import, ast.ImportFrom, ast.Pass)):
         return []
     if isinstance(stmt, ast.Assert):
-        if stmt.msg is not None and _loads(stmt.msg) & remote:
+        if stmt.msg is not None and loads_of(stmt.msg) & remote:
             return None
         node = stmt.test
     elif isinstance(stmt, ast.Expr):
         node = stmt.value
     elif isinstance(stmt, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
         targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
-        if any(_loads(t) & remote for t in targets) or stmt.value is None:
+        if any(loads_of(t) & remote for t in targets) or stmt.value is None:
             return None
         node = stmt.value
     else:
@@ -412,7 +223,7 @@ def _side(node: ast.expr, text: str, facts: Facts, remote: frozenset[str],
 
 
 def _rewritten(node: ast.expr, remote: frozenset[str], local: frozenset[str]) -> ast.expr:
-    if not _loads(node) & remote:
+    if not loads_of(node) & remote:
         return node
     return _Rewrite(remote, local).visit(ast.parse(ast.unparse(node), mode="eval").body)
 
@@ -424,7 +235,7 @@ def _compile_expr(node: ast.expr) -> CodeType:
 def _op(node: ast.expr, text: str, remote: frozenset[str], local: frozenset[str]) -> Op:
     """The lambda the child evaluates for `node` (whose source is `text`): test names it reads
     become its arguments; program names and builtins are resolved in the program's namespace."""
-    loads, stores = _names_in(node)
+    loads, stores = names_in(node)
     bindings = tuple(sorted((loads - stores - remote) & local))
     return Op(f"lambda {', '.join(bindings)}: ({text})", bindings)
 
@@ -466,7 +277,7 @@ def _clean(node: ast.expr, remote: frozenset[str]) -> bool:
             operands = [n.test, n.body, n.orelse]
         else:
             continue
-        touched = [bool(_loads(o) & remote) for o in operands]
+        touched = [bool(loads_of(o) & remote) for o in operands]
         if any(touched) and not all(touched):
             return False
     return True

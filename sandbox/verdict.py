@@ -3,7 +3,9 @@
 Each test is judged in the worker (judge.py), from outputs the child computed; the child
 decides nothing. What the child's run contributes is whether it got going, whether it finished
 and how it ended, so an early `sys.exit(0)`/`os._exit(0)` or a crash can never read as a pass:
-PASSED needs every test judged passed, the child's "start" and final "done", and a clean exit 0.
+PASSED needs every test judged passed and the child's "start" and final "done" (after its last
+answer). How a child that sent "done" then exits cannot change a verdict made in the worker, so
+the worker does not wait for it (worker.py); for one that did not, `end` says how it ended.
 
 Status, in order of precedence:
     result channel corrupted (not frames, or frames out of order) -> ERROR
@@ -12,7 +14,7 @@ Status, in order of precedence:
     RLIMIT_CPU hit (SIGXCPU / SIGKILL)                             -> TIMEOUT
     the zygote died (a program killed it)                          -> KILLED
     the program itself failed to run (syntax error, exception...)  -> ERROR / MEMORY / KILLED
-    run unfinished (no "done", or not exit 0)                      -> KILLED
+    run unfinished (no "done"; or, waited for, not exit 0)         -> KILLED
     otherwise the first failure, in order: a wrong output or failed assert -> FAILED;
     an exception -> ERROR (MemoryError -> MEMORY, SystemExit -> KILLED); none -> PASSED.
 
