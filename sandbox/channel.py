@@ -96,16 +96,14 @@ class Channel:
     def start(self, timeout_s: float) -> None:
         self.deadline = time.monotonic() + timeout_s
 
-    def send(self, frame: Any, flush: bool = True) -> None:
-        """Queue a frame for the child; written now unless `flush` is False (then with the
-        next frame that is, or when the worker next waits)."""
+    def send(self, frame: Any) -> None:
+        """Write a frame to the child; what the pipe cannot take now goes when it can."""
         if self.input_w >= 0 and not self.closing:
             self.pending += encode_frame(frame)
-            if flush:
-                self._flush()
-                if self.pending and not self.watching_input:   # the pipe is full: write
-                    self.poller.register(self.input_w, select.POLLOUT)  # the rest when it can
-                    self.watching_input = True
+            self._flush()
+            if self.pending and not self.watching_input:
+                self.poller.register(self.input_w, select.POLLOUT)
+                self.watching_input = True
 
     def close_input(self) -> None:
         self.closing = True

@@ -67,7 +67,8 @@ class Judge:
 
     def run(self) -> Run:
         try:
-            self.channel.send({"code": self.request.code}, flush=False)   # with the first ops
+            # Now, not with the first ops: the child runs the program while the tests are planned.
+            self.channel.send({"code": self.request.code})
             try:
                 self._tests()
             except Stopped:
