@@ -4,15 +4,16 @@ The zygote (zygote.py) forks a child per program and calls `run_child`, which ne
 child confines itself (own process group, private working directory, Landlock, every inherited
 fd closed except stdin=/dev/null, stdout/stderr=a capped pipe, fd 3=the result channel to the
 worker and fd 4=the input channel from it, rlimits, and last the seccomp filter; see
-confine.py), then reads the program, runs it, and answers the worker's operations one at a time.
+confine.py), then reads the program, runs it, and answers the worker's operations in order.
 
 It never sees a test. An operation is a piece of a test's *input*: a lambda that the worker cut
 out of a test (`lambda: f(1, 2)`, or `lambda __f, __a, __k: __f(*__a, **__k)` for a call the
-worker's own evaluation makes), compiled by the worker (marshal, hex; compiling here cost more
+worker's own evaluation makes), compiled by the worker (marshal, hex: compiling here cost more
 than running most tests), evaluated in the program's namespace and called with the given
 arguments; the child sends back what it returned, strictly encoded (values.py), or the
-exception it raised. Answers to one frame's operations are written together (one write, one
-wake-up of the worker), or every FLUSH_S while a frame's operations take long. Expected values, comparisons and verdicts stay in the worker (see
+exception it raised. Answers to one frame's operations go in one write (one wake-up of the
+worker), sooner when FLUSH_S has passed since the last write; a program killed mid-frame loses
+the answers still held. Expected values, comparisons and verdicts stay in the worker (see
 judge.py), and the child is forked from a zygote that never held a test either, so nothing in
 this process's memory says what the right output is. A program that takes over this harness
 (its frames, the garbage collector, fd 3) can only send outputs of its choosing, which is what
