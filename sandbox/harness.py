@@ -1,58 +1,68 @@
 """The child side: the only code that runs in the same process as a program under test.
 
-The worker forks a child per program and calls `run_child`, which never returns. The child
-confines itself (own process group, private working directory, Landlock, every inherited fd
-closed except stdin=/dev/null, stdout/stderr=a capped pipe and fd 3=the result channel, rlimits,
-and last the seccomp filter; see confine.py), then runs `setup`, the program and each test, one
-at a time, in one namespace, and streams one message per test to the worker. It decides nothing:
-it reports values and exceptions, and the worker (see verdict.py) turns them into a verdict, so
-a program that exits early, prints a fake marker, flips a result list in memory or returns an
-always-equal object does not pass.
+The zygote (zygote.py) forks a child per program and calls `run_child`, which never returns. The
+child confines itself (own process group, private working directory, Landlock, every inherited
+fd closed except stdin=/dev/null, stdout/stderr=a capped pipe, fd 3=the result channel to the
+worker and fd 4=the input channel from it, rlimits, and last the seccomp filter; see
+confine.py), then reads the program, runs it, and answers the worker's operations in order.
 
-Messages (each a frame on fd 3 carrying the run's nonce `n` and a kind `k`):
+It never sees a test. An operation is a piece of a test's *input*: a lambda that the worker cut
+out of a test (`lambda: f(1, 2)`, or `lambda __f, __a, __k: __f(*__a, **__k)` for a call the
+worker's own evaluation makes), compiled by the worker (marshal, hex: compiling here cost more
+than running most tests), evaluated in the program's namespace and called with the given
+arguments; the child sends back what it returned, strictly encoded (values.py), or the
+exception it raised. Answers to one frame's operations go in one write (one wake-up of the
+worker), sooner when FLUSH_S has passed since the last write; a program killed mid-frame loses
+the answers still held. Expected values, comparisons and verdicts stay in the worker (see
+judge.py), and the child is forked from a zygote that never held a test either, so nothing in
+this process's memory says what the right output is. A program that takes over this harness
+(its frames, the garbage collector, fd 3) can only send outputs of its choosing, which is what
+computing them amounts to.
 
-    {"k": "start"}                                                      confined, program next
-    {"k": "test", "i": 0, "r": "ok"}                                    statement test ran clean
-    {"k": "test", "i": 0, "r": "value", "out": ..., "exp": ..., "eq": null, "repr": "3"}
-    {"k": "test", "i": 0, "r": "raise", "kind": "assert"|"error", "etype": "...", "msg": "..."}
-    {"k": "stop", "stage": "setup"|"program"|"test", "kind": "error"|"memory"|"exit", ...}
-    {"k": "done"}
+Frames (protocol.py), worker -> child on fd 4:  {"code": "..."}, then {"ops": [[code, [args]]]}*
+Frames, child -> worker on fd 3, in order:
+    {"k": "start"}                                  confined, program next
+    {"k": "ready"}                                  the program ran; operations next
+    {"k": "out", "v": ENCODED}                      one per operation, in order...
+    {"k": "raise", "etype": "KeyError", "msg": "1"} ...or the exception it raised
+    {"k": "stop", "stage": "program"|"test", "kind": "error"|"memory"|"exit", "etype", "msg"}
+    {"k": "done"}                                   fd 4 reached end of file
 
-What this does NOT protect against: untrusted code shares the process with this harness, so a
-program written *against this harness* can find the nonce and fd 3 in memory and forge messages.
-The jail (bwrap, see launch.py), Landlock and seccomp bound what such a program can do to the
-host; only the verdict of that one program is at risk. Programs that legitimately start processes
-(`subprocess`, `os.system`, `multiprocessing`) fail under seccomp: that is intended.
+The program's objects that have no value encoding stay here; the worker gets a reference
+["ref", id, type] it can call, read attributes of, or pass back as an argument.
 
 Runs in the jail: stdlib and orjson only.
 """
 from __future__ import annotations
 
 import builtins
+import fcntl
 import gc
+import marshal
 import os
 import resource
 import signal
 import sys
 import tempfile
+import time
 import traceback
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Callable, NoReturn
 
 from sandbox.confine import Confinement
-from sandbox.protocol import Request, WorkerLimits, write_frame_fd
-from sandbox.values import encode, type_name
+from sandbox.protocol import WorkerLimits, encode_frame, read_frame, write_frame_fd
+from sandbox.values import decode, encode, type_name
 
 RESULT_FD = 3          # the result channel's fd number in the child
+INPUT_FD = 4           # the input channel's fd number in the child
 HARNESS_FAULT = 113    # exit code when the harness itself failed before running the program
-MAX_TEXT = 1000        # characters of any message or repr sent to the worker
-
-Send = Callable[..., None]
+MAX_TEXT = 1000        # characters of any message sent to the worker
+FLUSH_S = 0.02         # s: answers held back at most this long while a frame's ops run
 
 # Bound at import, before any program runs, so a program that patches these builtins does not
-# change how the harness compiles and evaluates the tests.
-_compile, _eval, _exec = compile, eval, exec
+# change how the harness runs the program and its operations.
+_compile, _eval, _exec, _loads, _fromhex = compile, eval, exec, marshal.loads, bytes.fromhex
 
 
 @dataclass(frozen=True)
@@ -66,42 +76,46 @@ class ChildSetup:
 
 
 def prepare(workdir: str, confinement: Confinement) -> ChildSetup:
-    """In the worker, once, after its imports and before the first fork."""
+    """In the worker, once, after its imports and before the zygote starts."""
     os.environ["HOME"] = os.environ["TMPDIR"] = workdir   # inherited by every child
     tempfile.tempdir = workdir
     ours = tuple(m for m in sys.modules if m == "sandbox" or m.startswith("sandbox."))
     return ChildSetup(workdir, confinement, ours)
 
 
-def run_child(request: Request, limits: WorkerLimits, nonce: str, result_fd: int,
-              output_fd: int, setup: ChildSetup) -> NoReturn:
+def run_child(input_fd: int, result_fd: int, output_fd: int, limits: WorkerLimits,
+              setup: ChildSetup) -> NoReturn:
     """Entry point in the freshly forked child; exits the process, never returns."""
     try:
-        _confine(limits, result_fd, output_fd, setup)
-        send = _sender(nonce)
+        _confine(limits, input_fd, result_fd, output_fd, setup)
+        send = _Sender()
         send("start")   # before any program code: its absence is the sandbox's fault
     except BaseException:
         os._exit(HARNESS_FAULT)
     try:
-        _run(request, send)
-    except BaseException:   # a harness failure (program exceptions are caught in _run)
+        _serve(send)
+    except BaseException:   # a harness failure (program exceptions are caught in _serve)
         with suppress(BaseException):
             traceback.print_exc()   # into the output the worker keeps; "done" is missing anyway
     os._exit(0)   # never run atexit handlers or finalizers the program registered
 
 
-def _confine(limits: WorkerLimits, result_fd: int, output_fd: int, setup: ChildSetup) -> None:
-    os.setpgid(0, 0)   # the worker kills this group (and, as pid 1, everything else) when done
+def _confine(limits: WorkerLimits, input_fd: int, result_fd: int, output_fd: int,
+             setup: ChildSetup) -> None:
+    os.setpgid(0, 0)   # the worker kills this group when the program's time is up
     signal.signal(signal.SIGINT, signal.default_int_handler)   # the worker ignores it; undo that
     os.chdir(setup.workdir)
     os.umask(0o077)
     setup.confinement.restrict_files()   # Landlock; before the dup2s below reuse fd numbers
+    # Copies above every target first, so no dup2 overwrites a source it still needs.
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 16) for fd in (input_fd, result_fd, output_fd)]
     devnull = os.open("/dev/null", os.O_RDONLY)
     os.dup2(devnull, 0)
-    os.dup2(output_fd, 1)
-    os.dup2(output_fd, 2)
-    os.dup2(result_fd, RESULT_FD)
-    os.closerange(RESULT_FD + 1, _max_fd())   # the worker's request/reply pipes among them
+    os.dup2(high[2], 1)
+    os.dup2(high[2], 2)
+    os.dup2(high[1], RESULT_FD)
+    os.dup2(high[0], INPUT_FD)
+    os.closerange(INPUT_FD + 1, _max_fd())   # the zygote's socket and the copies among them
     sys.stdin = sys.__stdin__ = open(0, closefd=False)
     sys.stdout = sys.__stdout__ = open(1, "w", errors="backslashreplace", closefd=False)
     sys.stderr = sys.__stderr__ = open(2, "w", errors="backslashreplace", closefd=False)
@@ -126,50 +140,78 @@ def _max_fd() -> int:
     return soft if soft != resource.RLIM_INFINITY else 65536
 
 
-def _sender(nonce: str, _write: Callable = write_frame_fd) -> Send:
-    def send(message_kind: str, /, **fields: Any) -> None:
-        fields["n"] = nonce
+class _Sender:
+    """Frames to the worker, held back until `flush` (one write for many answers)."""
+
+    def __init__(self, _write: Callable = write_frame_fd, _frame: Callable = encode_frame) -> None:
+        self.held: list[bytes] = []
+        self.since = time.monotonic()
+        self._write, self._frame = _write, _frame
+
+    def __call__(self, message_kind: str, /, **fields: Any) -> None:
         fields["k"] = message_kind
-        _write(RESULT_FD, fields)
-    return send
+        self.held.append(self._frame(fields))
+        if message_kind in ("start", "stop", "done") or time.monotonic() - self.since > FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.held:
+            data, self.held = b"".join(self.held), []
+            view = memoryview(data)
+            while view:
+                view = view[os.write(RESULT_FD, view):]
+        self.since = time.monotonic()
 
 
-def _run(request: Request, send: Send) -> None:
+def _serve(send: _Sender) -> None:
+    frames = open(INPUT_FD, "rb", buffering=1 << 16, closefd=False)
+    first = read_frame(frames)
+    if first is None:
+        return   # the worker gave up before sending the program (its time ran out)
     namespace: dict[str, Any] = {"__name__": "__solution__", "__builtins__": builtins}
-    for stage, source in (("setup", request.setup), ("program", request.code)):
-        try:
-            _exec(_compile(source, f"<{stage}>", "exec"), namespace)
-        except BaseException as exc:
-            _stop(send, stage, exc, namespace)
-            return
-    for index, test in enumerate(request.tests):
-        try:
-            if test.call is not None and test.expected is not None:
-                message = _value_test(test.call, test.expected, namespace)
-            else:
-                _exec(_compile(test.source, f"<test {index}>", "exec"), namespace)
-                message = {"r": "ok"}
-        except (SystemExit, MemoryError) as exc:
-            _stop(send, "test", exc, namespace)
-            return
-        except BaseException as exc:
-            kind = "assert" if isinstance(exc, AssertionError) else "error"
-            message = {"r": "raise", "kind": kind, **_describe(exc)}
-        send("test", i=index, **message)
+    try:
+        _exec(_compile(first["code"], "<program>", "exec"), namespace)
+    except BaseException as exc:
+        _stop(send, "program", exc, namespace)
+        return
+    send("ready")
+    objects: list[Any] = []   # the program's objects the worker holds a reference to, by index
+    compiled: dict[str, Any] = {}
+
+    def keep(value: Any) -> list:
+        objects.append(value)
+        return ["ref", len(objects) - 1, _clean(type_name(value))[:200]]
+
+    def resolve(reference: list) -> Any:
+        if reference[0] == "ref":
+            return objects[reference[1]]
+        if reference[0] == "name":
+            return _eval(_compile(reference[1], "<name>", "eval"), namespace)
+        raise ValueError(f"cannot resolve {reference[0]!r}")
+
+    while True:
+        send.flush()   # before waiting for the worker, which may be waiting for these
+        frame = read_frame(frames)
+        if frame is None:
+            break
+        for wire, args in frame["ops"]:
+            try:
+                code = compiled.get(wire)
+                if code is None:
+                    code = compiled[wire] = _loads(_fromhex(wire))
+                value = _eval(code, namespace)(*[decode(arg, resolve) for arg in args])
+                kind, message = "out", {"v": encode(value, keep)}
+            except (SystemExit, MemoryError) as exc:
+                objects.clear()
+                _stop(send, "test", exc, namespace)
+                return
+            except BaseException as exc:
+                kind, message = "raise", _describe(exc)
+            send(kind, **message)
     send("done")
 
 
-def _value_test(call: str, expected: str, namespace: dict[str, Any]) -> dict[str, Any]:
-    output = _eval(_compile(call, "<call>", "eval"), namespace)
-    wanted = _eval(_compile(expected, "<expected>", "eval"), namespace)
-    out, exp = encode(output), encode(wanted)
-    child_eq = None
-    if out[0] == exp[0] == "opaque" and out[1] == exp[1]:
-        child_eq = bool(output == wanted)   # see values.equal: same program-defined type only
-    return {"r": "value", "out": out, "exp": exp, "eq": child_eq, "repr": _safe_repr(output)}
-
-
-def _stop(send: Send, stage: str, exc: BaseException, namespace: dict[str, Any]) -> None:
+def _stop(send: _Sender, stage: str, exc: BaseException, namespace: dict[str, Any]) -> None:
     if isinstance(exc, MemoryError):
         namespace.clear()   # free what the program holds so the report itself can be sent
         gc.collect()
@@ -190,16 +232,7 @@ def _describe(exc: BaseException) -> dict[str, str]:
     return {"etype": _clean(type(exc).__name__), "msg": _clean(message)}
 
 
-def _safe_repr(value: Any) -> str:
-    try:
-        text = repr(value)
-    except BaseException:
-        text = f"<{type_name(value)} object; repr() raised>"
-    return _clean(text if type(text) is str else str(type(text)))
-
-
 def _clean(text: str) -> str:
     """Trim, and make any str safe to serialise (lone surrogates would break orjson)."""
     text = str.__str__(text)[:MAX_TEXT]
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
-

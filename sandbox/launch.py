@@ -46,7 +46,8 @@ from sandbox.protocol import (HEADER, MAX_FRAME, Hello, Outcome, ProtocolError, 
 
 log = logging.getLogger(__name__)
 
-JAIL_MODULES = ("protocol.py", "values.py", "harness.py", "verdict.py", "worker.py", "confine.py")
+JAIL_MODULES = ("protocol.py", "values.py", "harness.py", "verdict.py", "worker.py", "confine.py",
+                "zygote.py", "channel.py", "parse.py", "plan.py", "judge.py", "remote.py")
 LIB, DEPS = "/sandbox/lib", "/sandbox/deps"   # in the jail: our modules, and orjson
 BOOT = "import sys; sys.path[:0] = [{lib!r}, {deps!r}]; from sandbox.worker import main; main()"
 HELLO_TIMEOUT_S = 30.0
@@ -158,7 +159,9 @@ class Launcher:
                                     f"started with {self.mechanisms.as_dict()}")
             if self.cgroups.active:
                 worker.cgroup = self.cgroups.new_worker_group()
-                worker.cgroup.add(worker.worker_pid(self.jailed))
+                pid = worker.worker_pid(self.jailed)
+                for process in (pid, *_children(pid)):   # the worker and its zygote (idle:
+                    worker.cgroup.add(process)           # it forks only when asked)
         except (WorkerFailure, ProtocolError, OSError) as exc:
             worker.kill()   # first, so its stderr is complete
             raise WorkerFailure(f"{exc}{worker.stderr_tail()}") from None

@@ -15,9 +15,16 @@ worker runs one program at a time in a forked child confined by rlimits, Landloc
 (confine.py). `pool.mechanisms` says which of these layers are active; a missing one is a loud
 warning, or an error for bwrap, namespaces and seccomp when `require_isolation` is set.
 Results come back in input order. A worker that dies, wedges past the program's timeout +
-`reply_margin_s`, or breaks the protocol is killed and replaced; the program it held is graded
-SANDBOX_FAULT, never retried. Failing to start a replacement is fatal: the
-next program that needs that worker slot raises RuntimeError.
+`reply_margin_s`, or breaks the protocol is killed and replaced. A program graded SANDBOX_FAULT
+(the executor broke, not the program) is graded once more, on a fresh worker; if that breaks
+too its grade stays SANDBOX_FAULT. `pool.stats` counts both apart, so callers can report them
+and keep them out of the student's failures:
+
+    >>> pool.stats
+    PoolStats(programs=328, sandbox_faults=0, sandbox_faults_final=0, tests=2330, tests_inside=3)
+
+Failing to start a replacement is fatal: the next program that needs that worker slot raises
+RuntimeError.
 
 Two kinds of errors, as in the rest of the engine: a bad program is a Grade (any Status), a
 broken sandbox (no isolation, no worker starts) is an exception.
@@ -31,6 +38,7 @@ import threading
 import time
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Sequence
 
 from engine.records import Grade, Program, Status
@@ -39,6 +47,18 @@ from sandbox.launch import Launcher, Mechanisms, WorkerFailure, WorkerProcess
 from sandbox.protocol import Request, WireTest
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """Counts since the pool started (`pool.stats`)."""
+
+    programs: int               # programs graded
+    sandbox_faults: int         # programs whose first grading was SANDBOX_FAULT (re-run once)
+    sandbox_faults_final: int   # ... and whose re-run was SANDBOX_FAULT too (their final grade)
+    tests: int                  # tests graded
+    tests_inside: int           # tests whose verdict rested on a comparison the program made
+                                # (class-protocol tests; see sandbox/plan.py)
 
 
 class SandboxPool:
@@ -54,6 +74,7 @@ class SandboxPool:
         self._idle: queue.Queue[WorkerProcess | None] = queue.Queue()   # None: slot to refill
         self._live: set[WorkerProcess] = set()
         self._lock = threading.Lock()
+        self._counts = {name: 0 for name in PoolStats.__dataclass_fields__}
         self._closed = False
         self._finalizer = weakref.finalize(self, _kill_all, self._live, self._launcher)
         try:
@@ -77,6 +98,11 @@ class SandboxPool:
         """
         assert self._launcher.mechanisms is not None   # set by the first worker, in __init__
         return self._launcher.mechanisms
+
+    @property
+    def stats(self) -> PoolStats:
+        with self._lock:
+            return PoolStats(**self._counts)
 
     def grade(self, programs: Sequence[Program]) -> list[Grade]:
         """Grade a batch concurrently across the workers; grades come back in input order."""
@@ -117,8 +143,26 @@ class SandboxPool:
         return self._graders.submit(self._grade_one, program, _request(program))
 
     def _grade_one(self, program: Program, request: Request) -> Grade:
+        grade, inside = self._attempt(program, request, fresh=False)
+        faulted = grade.status is Status.SANDBOX_FAULT
+        if faulted:
+            log.warning("sandbox fault on %s (%s); grading it again on a fresh worker",
+                        program.program_id, grade.feedback)
+            grade, inside = self._attempt(program, request, fresh=True)
+        with self._lock:
+            self._counts["programs"] += 1
+            self._counts["sandbox_faults"] += faulted
+            self._counts["sandbox_faults_final"] += grade.status is Status.SANDBOX_FAULT
+            self._counts["tests"] += len(program.tests)
+            self._counts["tests_inside"] += inside
+        return grade
+
+    def _attempt(self, program: Program, request: Request, fresh: bool) -> tuple[Grade, int]:
+        """One grading on an idle worker (`fresh`: replace that worker first)."""
         worker = self._idle.get()
         try:
+            if worker is not None and fresh:
+                worker = self._retire(worker, "graded a sandbox fault", program)
             if worker is None:
                 worker = self._spawn()   # raises RuntimeError: the sandbox itself is broken
             started = time.monotonic()
@@ -128,13 +172,15 @@ class SandboxPool:
                 worker = self._retire(worker, exc, program)
                 return Grade(program.program_id, Status.SANDBOX_FAULT,
                              (False,) * len(program.tests), f"Sandbox fault: {exc}"[:500],
-                             time.monotonic() - started)
+                             time.monotonic() - started), 0
+            if reply.retire:
+                worker = self._retire(worker, "its zygote died", program)
             return Grade(program.program_id, Status(reply.status), reply.test_passed,
-                         reply.feedback, reply.duration_s)
+                         reply.feedback, reply.duration_s), reply.tests_inside
         finally:
             self._idle.put(worker)
 
-    def _retire(self, worker: WorkerProcess, exc: WorkerFailure,
+    def _retire(self, worker: WorkerProcess, exc: WorkerFailure | str,
                 program: Program) -> WorkerProcess | None:
         """Kill a failed worker and start its replacement; None if that fails (slot to refill)."""
         worker.kill()

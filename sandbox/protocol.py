@@ -1,11 +1,15 @@
 """Wire format between the pool (host), the worker (jail) and the child (untrusted process).
 
-Every message is one frame: a 4-byte big-endian length, then an orjson object. Three channels use
+Every message is one frame: a 4-byte big-endian length, then an orjson object. Four channels use
 it:
 
     pool  --WorkerLimits, Request-->  worker   (worker's stdin)
     pool  <--Hello, Reply--           worker   (worker's stdout)
-    worker <--result messages--       child    (a pipe only the child holds; see harness.py)
+    worker --program, operations-->   child    (a pipe per program; see harness.py)
+    worker <--outputs--               child    (a pipe per program)
+
+The Request, with every test, stays in the worker: the child gets the program and the inputs
+cut out of the tests (judge.py), never an expected value.
 
 This module runs inside the jail too, so it imports only the stdlib and orjson (no `engine`).
 The records here are the wire shapes; the pool turns a Reply into an `engine.records.Grade`.
@@ -100,6 +104,8 @@ class Reply:
     test_passed: tuple[bool, ...]
     feedback: str
     duration_s: float
+    tests_inside: int         # tests whose verdict rests on a comparison the program made
+    retire: bool              # the worker cannot grade another program; replace it
 
 
 # ----------------------------------------------------------------------------------------- frames

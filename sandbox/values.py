@@ -1,16 +1,19 @@
-"""Strict, JSON-safe encoding of test outputs, and the comparison the worker makes on them.
+"""Strict, JSON-safe encoding of values that cross between the trusted side and the program.
 
-The child (untrusted) encodes what a test's `call` returned and what its `expected` evaluated to;
-the worker (trusted) compares the two encodings itself. So an object whose `__eq__` always returns
-True, a `bool` standing in for an `int`, or an `int` subclass that lies about equality cannot pass:
-only builtin value types are encoded by value, everything else is opaque.
+Outputs travel from the child (untrusted) to the worker as these encodings; call arguments travel
+the other way. The worker decodes outputs into fresh builtin values (`decode`) or compares two
+encodings itself (`equal`), so an object whose `__eq__` always returns True, a `bool` standing
+in for an `int`, or an `int` subclass that lies about equality cannot pass: only builtin value
+types are encoded by value, everything else is a reference the worker cannot compare.
 
 Encoding, one JSON array per value (tag first):
 
     None -> ["none"]            True -> ["bool", true]        12 -> ["int", "0xc"]
     1.5 -> ["float", "1.5"]     "a" -> ["str", "a"]           b"a" -> ["bytes", "61"]
     [1] -> ["list", [["int", "1"]]]   (tuple, set, frozenset alike; dict -> ["dict", [[k, v], ...]])
-    anything else -> ["opaque", "module.QualName"]
+    anything else -> ["opaque", "module.QualName"], or what `encode`'s `other` hook returns:
+        the child keeps the object and sends ["ref", id, "module.QualName"]; the worker sends
+        ["ref", id] or ["name", "f"] for the program's objects it holds references to
     too big or too deep -> ["toolarge", "module.QualName"]
 
 Subclasses of those builtins that keep the builtin's `__eq__` (IntEnum, namedtuple, a plain
@@ -19,9 +22,8 @@ builtin, using only the builtin's own methods; any type that redefines `__eq__` 
 
 Equality rules (`equal`): tags must match, except that `int` and `float` compare by value as in
 Python (`2 == 2.0`), floats with `math.isclose(rel_tol=1e-6)`; `bool` never equals a number;
-sets and dict keys compare as multisets of exact encodings; two opaque values of the same type
-fall back to the child's own `==` (reported as `child_eq`), which is the only place untrusted
-equality is trusted, and only between two instances of one program-defined type.
+sets and dict keys compare as multisets of exact encodings; an opaque value, a reference or a
+too-large value equals nothing. No program code takes part in the comparison.
 
 Runs in the jail: stdlib and orjson only.
 """
@@ -29,15 +31,16 @@ from __future__ import annotations
 
 import collections
 import math
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 
 MAX_NODES = 200_000     # values encoded per output; beyond this the output is "toolarge"
 MAX_DEPTH = 100         # nesting depth; beyond this (or a cycle) the output is "toolarge"
-MAX_CHARS = 4 << 20     # total characters of str/bytes per output
+MAX_CHARS = 4 << 20     # total characters of str/bytes/int digits per output
 
 Encoded = list  # a tagged JSON array, see the module docstring
+Other = Callable[[Any], Encoded]   # encodes a value that has no value encoding of its own
 
 
 class _TooLarge(Exception):
@@ -49,16 +52,21 @@ def type_name(value: Any) -> str:
     return f"{kind.__module__}.{kind.__qualname__}"
 
 
-def encode(value: Any) -> Encoded:
-    """Encode `value` strictly (see module docstring); never calls methods of untrusted types."""
+def opaque(value: Any) -> Encoded:
+    return ["opaque", type_name(value)]
+
+
+def encode(value: Any, other: Other = opaque) -> Encoded:
+    """Encode `value` strictly (see module docstring); never calls methods of untrusted types,
+    except `other`, which gets every value that has no value encoding."""
     budget = [MAX_NODES, MAX_CHARS]
     try:
-        return _encode(value, 0, budget)
+        return _encode(value, 0, budget, other)
     except (_TooLarge, RecursionError):
         return ["toolarge", type_name(value)]
 
 
-def _encode(value: Any, depth: int, budget: list[int]) -> Encoded:
+def _encode(value: Any, depth: int, budget: list[int], other: Other) -> Encoded:
     budget[0] -= 1
     if budget[0] < 0 or depth > MAX_DEPTH:
         raise _TooLarge
@@ -67,11 +75,15 @@ def _encode(value: Any, depth: int, budget: list[int]) -> Encoded:
     kind = _value_type(type(value))
     # Below, only the base type's own methods touch `value`: a subclass's overrides never run.
     if kind is None:
-        return ["opaque", type_name(value)]
+        return other(value)
     if kind is bool:
         return ["bool", value is True]
     if kind is int:
-        return ["int", hex(int.__index__(value))]   # hex: no int-to-str digit limit applies
+        digits = hex(int.__index__(value))   # hex: no int-to-str digit limit applies
+        budget[1] -= len(digits)
+        if budget[1] < 0:
+            raise _TooLarge
+        return ["int", digits]
     if kind is float:
         return ["float", float.__repr__(value)]
     if kind is complex:
@@ -93,10 +105,10 @@ def _encode(value: Any, depth: int, budget: list[int]) -> Encoded:
             raise _TooLarge
         return ["bytes", bytes.hex(value)]
     if kind is dict:
-        pairs = [[_encode(k, depth + 1, budget), _encode(v, depth + 1, budget)]
+        pairs = [[_encode(k, depth + 1, budget, other), _encode(v, depth + 1, budget, other)]
                  for k, v in dict.items(value)]
         return ["dict", sorted(pairs, key=lambda p: _canonical(p[0]))]
-    items = [_encode(v, depth + 1, budget) for v in kind.__iter__(value)]
+    items = [_encode(v, depth + 1, budget, other) for v in kind.__iter__(value)]
     if kind in (set, frozenset):
         items.sort(key=_canonical)
     return [kind.__name__, items]
@@ -129,13 +141,69 @@ def _canonical(encoded: Encoded) -> bytes:
     return orjson.dumps(encoded)
 
 
-def equal(output: Encoded, expected: Encoded, child_eq: bool | None) -> bool:
-    """The worker's verdict on one call/expected test, from the two encodings."""
-    tag_o, tag_e = output[0], expected[0]
-    if tag_o == "toolarge" or tag_e == "toolarge":
-        return False
-    if tag_o == "opaque" or tag_e == "opaque":
-        return tag_o == tag_e and output[1] == expected[1] and child_eq is True
+# ---------------------------------------------------------------------------------- decoding
+
+Ref = Callable[[list], Any]   # an encoded reference (["ref", ...] or ["name", ...]) -> an object
+
+
+def decode(encoded: Any, ref: Ref) -> Any:
+    """Rebuild fresh builtin values from an encoding; references go to `ref`. Raises ValueError
+    on anything that is not a well-formed encoding (which, from the child, is a broken channel)."""
+    try:
+        return _decode(encoded, ref)
+    except (TypeError, ValueError, KeyError, IndexError, OverflowError, RecursionError) as exc:
+        raise ValueError(f"malformed value encoding ({type(exc).__name__}: {exc})") from None
+
+
+def _decode(enc: Any, ref: Ref) -> Any:
+    if type(enc) is not list or not enc or type(enc[0]) is not str:
+        raise ValueError("not a tagged array")
+    tag = enc[0]
+    decoder = _SCALARS.get(tag)
+    if decoder is not None:
+        return decoder(*enc[1:])
+    if tag in _CONTAINERS:
+        (items,) = enc[1:]
+        if type(items) is not list:
+            raise ValueError(f"{tag} items are not a list")
+        if tag == "dict":
+            return {_decode(k, ref): _decode(v, ref) for k, v in items}
+        return _CONTAINERS[tag](_decode(v, ref) for v in items)
+    if tag in ("ref", "name", "opaque", "toolarge"):
+        return ref(enc)
+    raise ValueError(f"unknown tag {tag!r}")
+
+
+def _text(value: Any) -> str:
+    if type(value) is not str:
+        raise ValueError("expected a string")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if type(value) is not bool:
+        raise ValueError("expected true or false")
+    return value
+
+
+_SCALARS: dict[str, Callable[..., Any]] = {
+    "none": lambda: None,
+    "bool": _bool,
+    "int": lambda digits: int(_text(digits), 16),
+    "float": lambda text: float(_text(text)),
+    "complex": lambda re, im: complex(float(_text(re)), float(_text(im))),
+    "str": _text,
+    "strx": lambda hexed: bytes.fromhex(_text(hexed)).decode("utf-8", "surrogatepass"),
+    "bytes": lambda hexed: bytes.fromhex(_text(hexed)),
+}
+_CONTAINERS: dict[str, Callable[[Any], Any]] = {
+    "list": list, "tuple": tuple, "set": set, "frozenset": frozenset, "dict": dict}
+
+
+# -------------------------------------------------------------------------------- comparison
+
+def equal(output: Encoded, expected: Encoded) -> bool:
+    """The worker's verdict on one CALL == EXPECTED test, from the two encodings."""
     return _equal(output, expected)
 
 
@@ -143,7 +211,7 @@ def _equal(a: Encoded, b: Encoded) -> bool:
     tag_a, tag_b = a[0], b[0]
     if tag_a in ("int", "float") and tag_b in ("int", "float"):
         return _numbers_equal(a, b)
-    if tag_a != tag_b:
+    if tag_a != tag_b or tag_a in _UNCOMPARABLE:
         return False
     if tag_a in ("list", "tuple"):
         return len(a[1]) == len(b[1]) and all(_equal(x, y) for x, y in zip(a[1], b[1]))
@@ -156,9 +224,13 @@ def _equal(a: Encoded, b: Encoded) -> bool:
                 and all(_equal(v, keys_b[k]) for k, v in keys_a.items()))
     if tag_a == "complex":
         return all(_close(float(x), float(y)) for x, y in zip(a[1:], b[1:]))
-    if tag_a in ("opaque", "toolarge"):
-        return False   # nested opaque values cannot be compared by the worker
+    if tag_a == "bool":
+        return a[1] is b[1]   # JSON true/false decode to the singletons; 1 is not true
     return a[1:] == b[1:]
+
+
+# Values no encoding comparison can judge: the program's own objects, and outputs too big to send.
+_UNCOMPARABLE = ("opaque", "ref", "name", "toolarge")
 
 
 def _numbers_equal(a: Encoded, b: Encoded) -> bool:

@@ -1,42 +1,66 @@
-"""The trusted half of grading: what the child reported plus how it ended -> one verdict.
+"""The verdict: the worker's judgement of each test plus how the child ended -> one Status.
 
-The worker collects the child's messages (see harness.py) and how the child ended (exit code or
-signal, whether the worker's wall clock ran out, CPU used) and calls `decide`. PASSED needs all
-of: every message carries the run's nonce and is well formed, a "start" first, a result for
-every test in order, a final "done", and a clean exit 0. Anything missing means the run did not
-finish, so an early `sys.exit(0)`/`os._exit(0)` or a crash can never read as a pass.
+Each test is judged in the worker (judge.py), from outputs the child computed; the child
+decides nothing. What the child's run contributes is whether it got going, whether it finished
+and how it ended, so an early `sys.exit(0)`/`os._exit(0)` or a crash can never read as a pass:
+PASSED needs every test judged passed and the child's "start" and final "done" (after its last
+answer). How a child that sent "done" then exits cannot change a verdict made in the worker, so
+the worker does not wait for it (worker.py); for one that did not, `end` says how it ended.
 
 Status, in order of precedence:
-    corrupted result channel           -> ERROR   ("Result channel corrupted: ...")
-    no "start" (harness never got going) -> SANDBOX_FAULT
-    worker's wall clock ran out        -> TIMEOUT ("Timeout: took longer than N s")
-    RLIMIT_CPU hit (SIGXCPU / SIGKILL) -> TIMEOUT
-    run unfinished (no "done")         -> KILLED  (exited early or killed by a signal)
-    otherwise the first failure, in order: a test's wrong value or failed assert -> FAILED;
+    result channel corrupted (not frames, or frames out of order) -> ERROR
+    no "start" (the harness never got going, or the fork failed)  -> SANDBOX_FAULT
+    the program's wall clock ran out                               -> TIMEOUT
+    RLIMIT_CPU hit (SIGXCPU / SIGKILL)                             -> TIMEOUT
+    the zygote died (a program killed it)                          -> KILLED
+    the program itself failed to run (syntax error, exception...)  -> ERROR / MEMORY / KILLED
+    run unfinished (no "done"; or, waited for, not exit 0)         -> KILLED
+    otherwise the first failure, in order: a wrong output or failed assert -> FAILED;
     an exception -> ERROR (MemoryError -> MEMORY, SystemExit -> KILLED); none -> PASSED.
 
-Runs in the jail: stdlib and orjson only.
+Runs in the jail: stdlib only.
 """
 from __future__ import annotations
 
 import signal
 from dataclasses import dataclass
-from typing import Any
 
-from sandbox.protocol import Outcome, Request, WireTest
-from sandbox.values import equal
+from sandbox.protocol import Outcome
 
 MAX_FEEDBACK = 500   # characters
 
 
 @dataclass(frozen=True)
 class ChildEnd:
-    """How the child process ended, as the worker observed it."""
+    """How the child process ended, as the zygote reported it."""
 
-    exit_code: int | None   # None when a signal ended it
+    exit_code: int | None   # None when a signal ended it (or it never ran)
     signal: int | None      # the terminating signal, if any
     timed_out: bool         # the worker killed it because the wall-clock limit passed
     cpu_s: float            # user + system CPU seconds it used (wait4 rusage)
+
+
+@dataclass(frozen=True)
+class TestResult:
+    __test__ = False        # not a pytest class
+
+    passed: bool
+    status: Outcome         # when not passed: FAILED, ERROR, MEMORY, ...
+    feedback: str           # when not passed: what the model is shown
+
+
+@dataclass(frozen=True)
+class Run:
+    """What the judge saw of one program (judge.py)."""
+
+    results: tuple[TestResult, ...]   # the tests judged, in order (fewer if the run stopped)
+    started: bool                     # the child sent "start"
+    done: bool                        # the child sent "done" after its last answer
+    stop: dict | None                 # the child's "stop" message (its program failed to run
+                                      # or raised SystemExit / MemoryError), checked fields
+    corrupt: str | None               # why the result channel cannot be trusted
+    timed_out: bool                   # the judge reached the deadline
+    zygote_lost: bool                 # the zygote died or stopped answering
 
 
 @dataclass(frozen=True)
@@ -46,118 +70,54 @@ class Verdict:
     feedback: str
 
 
-class _Corrupt(Exception):
-    pass
-
-
-def decide(request: Request, nonce: str, messages: list[Any], end: ChildEnd, cpu_limit_s: int,
-           channel_error: str | None = None) -> Verdict:
-    n_tests = len(request.tests)
-    try:
-        if channel_error is not None:
-            raise _Corrupt(channel_error)
-        results, stop, done = _parse(messages, nonce, request.tests)
-    except _Corrupt as exc:
-        return Verdict(Outcome.ERROR, (False,) * n_tests, _trim(f"Result channel corrupted: {exc}"))
-    passed = tuple(r[0] for r in results) + (False,) * (n_tests - len(results))
-    how = (f"killed by signal {signal.Signals(end.signal).name}" if end.signal is not None
-           else f"exited with code {end.exit_code}")
-
-    if not messages:   # not even "start", which is sent before any program code runs
-        return Verdict(Outcome.SANDBOX_FAULT, passed,
-                       f"Sandbox harness {how} before the program ran")
-    if end.timed_out:
-        return Verdict(Outcome.TIMEOUT, passed,
-                       f"Timeout: took longer than {request.timeout_s:g} s")
-    if end.signal == signal.SIGXCPU or (end.signal == signal.SIGKILL and end.cpu_s >= cpu_limit_s):
-        return Verdict(Outcome.TIMEOUT, passed, f"Timeout: used more than {cpu_limit_s} s of CPU")
-    if not done or end.exit_code != 0:
-        when = "after" if done else "before"
-        return Verdict(Outcome.KILLED, passed, f"Program {how} {when} the tests finished")
-
-    for ok, status, feedback in results:
-        if not ok:
-            return Verdict(status, passed, _trim(feedback))
-    if stop is not None:
-        text = _exception_text(stop)
-        if stop["kind"] == "exit":
-            text += " (the program exited before the tests finished)"
-        return Verdict(_STOP_STATUS[stop["kind"]], passed, _trim(text))
-    return Verdict(Outcome.PASSED, passed, "")
-
-
 _STOP_STATUS = {"error": Outcome.ERROR, "memory": Outcome.MEMORY, "exit": Outcome.KILLED}
 
 
-def _parse(messages: list[Any], nonce: str, tests: tuple[WireTest, ...]
-           ) -> tuple[list[tuple[bool, Outcome, str]], dict | None, bool]:
-    """Check the message grammar `start test* stop? done` and judge each test's result."""
-    n_tests = len(tests)
-    results: list[tuple[bool, Outcome, str]] = []
-    stop = None
-    done = False
-    for position, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("n") != nonce:
-            raise _Corrupt("a message without this run's nonce")
-        if (message.get("k") == "start") != (position == 0):
-            raise _Corrupt("a run must begin with one start message")
-        if position == 0:
-            continue
-        if done or (stop is not None and message.get("k") != "done"):
-            raise _Corrupt("a message after the run ended")
-        kind = message.get("k")
-        if kind == "test":
-            index = message.get("i")
-            if type(index) is not int or index != len(results) or index >= n_tests:
-                raise _Corrupt(f"test result {message.get('i')!r} out of order")
-            results.append(_judge(message, tests[len(results)]))
-        elif kind == "stop":
-            if _field(message, "kind") not in _STOP_STATUS:
-                raise _Corrupt("unknown stop kind")
-            _field(message, "etype"), _field(message, "msg")
-            stop = message
-        elif kind == "done":
-            if stop is None and len(results) != n_tests:
-                raise _Corrupt(f"done after {len(results)} of {n_tests} tests")
-            done = True
-        else:
-            raise _Corrupt(f"unknown message kind {kind!r}")
-    return results, stop, done
+def decide(n_tests: int, timeout_s: float, run: Run, end: ChildEnd | None,
+           cpu_limit_s: int) -> Verdict:
+    passed = tuple(r.passed for r in run.results) + (False,) * (n_tests - len(run.results))
+    if run.corrupt is not None:
+        return Verdict(Outcome.ERROR, (False,) * n_tests,
+                       _trim(f"Result channel corrupted: {run.corrupt}"))
+    if not run.started:   # "start" is sent before any program code runs
+        how = "did not start" if end is None else _how(end)
+        return Verdict(Outcome.SANDBOX_FAULT, passed, f"Sandbox harness {how} before the program ran")
+    if end is None or run.zygote_lost:
+        return Verdict(Outcome.KILLED, passed, "The program killed the sandbox's fork server")
+    how = _how(end)
+    if run.timed_out or end.timed_out:
+        return Verdict(Outcome.TIMEOUT, passed, f"Timeout: took longer than {timeout_s:g} s")
+    if end.signal == signal.SIGXCPU or (end.signal == signal.SIGKILL and end.cpu_s >= cpu_limit_s):
+        return Verdict(Outcome.TIMEOUT, passed, f"Timeout: used more than {cpu_limit_s} s of CPU")
+    if run.stop is not None and run.stop["stage"] == "program":
+        return Verdict(_STOP_STATUS[run.stop["kind"]], passed, _trim(_stop_text(run.stop)))
+    if not run.done or end.exit_code != 0:
+        when = "after" if run.done else "before"
+        return Verdict(Outcome.KILLED, passed, f"Program {how} {when} the tests finished")
+    for result in run.results:
+        if not result.passed:
+            return Verdict(result.status, passed, _trim(result.feedback))
+    if run.stop is not None:
+        return Verdict(_STOP_STATUS[run.stop["kind"]], passed, _trim(_stop_text(run.stop)))
+    if len(run.results) != n_tests:   # cannot happen without a stop; never a pass
+        return Verdict(Outcome.ERROR, passed, "Not every test was judged")
+    return Verdict(Outcome.PASSED, passed, "")
 
 
-def _judge(message: dict, test: WireTest) -> tuple[bool, Outcome, str]:
-    """One test result -> (passed, status if it failed, feedback if it failed)."""
-    result = message.get("r")
-    has_value = test.call is not None and test.expected is not None
-    if result == "ok" and not has_value:
-        return True, Outcome.PASSED, ""
-    if result == "value" and has_value:
-        try:
-            ok = equal(message["out"], message["exp"], message.get("eq"))
-        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
-            raise _Corrupt(f"malformed value encoding ({exc!r})") from None
-        output = _field(message, "repr")
-        return ok, Outcome.FAILED, f"Input: {test.call} Output: {output} Expected: {test.expected}"
-    if result == "raise":
-        kind = _field(message, "kind")
-        if kind == "assert":
-            text = _field(message, "msg") or f"Assertion failed: {test.source.strip()}"
-            return False, Outcome.FAILED, text
-        if kind == "error":
-            return False, Outcome.ERROR, _exception_text(message)
-    raise _Corrupt(f"unexpected test result {result!r}")
+def _how(end: ChildEnd) -> str:
+    return (f"killed by signal {signal.Signals(end.signal).name}" if end.signal is not None
+            else f"exited with code {end.exit_code}")
 
 
-def _field(message: dict, name: str) -> str:
-    value = message.get(name)
-    if type(value) is not str:
-        raise _Corrupt(f"field {name!r} is not a string")
-    return value
+def _stop_text(stop: dict) -> str:
+    text = exception_text(stop["etype"], stop["msg"])
+    if stop["kind"] == "exit":
+        text += " (the program exited before the tests finished)"
+    return text
 
 
-def _exception_text(message: dict) -> str:
-    text = _field(message, "msg")
-    return f"{_field(message, 'etype')}: {text}" if text else _field(message, "etype")
+def exception_text(etype: str, msg: str) -> str:
+    return f"{etype}: {msg}" if msg else etype
 
 
 def _trim(text: str) -> str:
