@@ -282,6 +282,9 @@ def _run(cfg: RunConfig, run: RunStore, student_pool) -> dict:
             if cfg.eval.rounds:
                 summary["pass_after_per_round"] = list(after.rounds)
     finally:
+        # programs the executor broke on were re-run once and are counted apart, never as
+        # student failures; tests judged inside the program (class protocols) are counted too
+        summary["sandbox"] = asdict(sandbox.stats)
         sandbox.close()
         if student_pool is None and pool is not None:
             pool.close()
