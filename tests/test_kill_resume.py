@@ -29,7 +29,9 @@ KILLS = [
     ("attempt", "after-commit:attempts#1"),
     ("grade", "mid-commit:grades#1"),
     ("eval before", "mid-commit:eval-before-grades#1"),
-    ("refine round 0", "teacher-answer#2"),         # two replies paid for, none committed
+    # every reply of round 0 paid for and in the teacher cache, none committed (a kill at a
+    # single reply could find the next request already on the wire: that one is paid twice)
+    ("refine round 0", "mid-commit:refinements#1"),
     ("verify round 0", "mid-commit:verified#1"),
     ("refine round 1", "mid-commit:refinements#1"),
     ("StanD", "mid-commit:stand-answers#1"),
