@@ -1,4 +1,4 @@
-"""A vLLM general plugin: grouped LoRA matmuls for the CPU backend.
+"""A vLLM general plugin: grouped LoRA matmuls (and a sort-free top-p) for the CPU backend.
 
 vLLM-CPU has no LoRA kernels; its PyTorch fallback (`vllm/lora/ops/torch_ops/lora_ops.py`) gathers
 a copy of the adapter matrix *per token* (`weights[indices]`) and multiplies with einsum. Measured
@@ -64,7 +64,12 @@ def bgmv_expand_slice(inputs, lora_b_weights, output_tensor, lora_indices_tensor
 
 
 def register() -> None:
-    """Entry point: swap the grouped ops into vLLM's CPU LoRA path (no-op elsewhere)."""
+    """Entry point: swap the grouped ops into vLLM's CPU LoRA path and the partial-selection
+    top-p into its CPU sampler (engine/fast_topp.py); no-op elsewhere."""
+    if os.environ.get("PERSD_CPU_TOPP_PATCH", "1") != "0":
+        from engine import fast_topp
+
+        fast_topp.register()
     if os.environ.get("PERSD_CPU_LORA_PATCH", "1") == "0":
         return
     try:
