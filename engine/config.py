@@ -35,12 +35,18 @@ class StudentConfig:
     dtype: str = _f("bfloat16", "weights dtype in vLLM; bf16 is 4-10x faster than fp32 on AVX-512 CPUs")
     max_model_len: int = _f(2048, "context length in tokens (prompt + completion)")
     kv_cache_gb: int = _f(4, "KV-cache size per engine in GiB (VLLM_CPU_KVCACHE_SPACE)")
-    cpu_threads: str = _f("auto", "VLLM_CPU_OMP_THREADS_BIND for each actor: auto, all, or e.g. 0-1")
+    cpu_threads: str = _f("all", "cores for each actor's vLLM OpenMP threads: all (measured "
+                          "fastest: engine/cpu_env.py), auto (vLLM's: one core reserved), or a "
+                          "list such as 0-1 (VLLM_CPU_OMP_THREADS_BIND)")
+    preload: str = _f("tcmalloc,iomp", "libraries LD_PRELOADed into each actor, as vLLM's CPU "
+                      "guide asks: tcmalloc (Debian libtcmalloc-minimal4), iomp (Intel OpenMP); "
+                      "empty for none")
+    max_num_seqs: int = _f(256, "sequences vLLM decodes at once (n samples count each)")
     num_actors: int = _f(1, "vLLM engines (Ray actors) to shard requests across")
     num_gpus: float = _f(0.0, "GPUs per actor (0 on CPU machines)")
     tensor_parallel_size: int = _f(1, "GPUs one engine shards the model across (cluster runs)")
-    enforce_eager: bool = _f(False, "skip vLLM's compilation warm-up: faster start, slower decode "
-                             "(for tiny models and tests)")
+    enforce_eager: bool = _f(True, "skip vLLM's compilation: on this CPU compiling cost 90 s "
+                             "more start-up and decoded no faster (281 vs 293 tokens/s, 0.5B)")
     max_lora_rank: int = _f(16, "largest LoRA rank the engine accepts")
     chunked_prefill: bool = _f(False, "split long prefills across steps; off on CPU, where it "
                                "breaks per-request seeds (vLLM cannot rewind a CPU generator)")
@@ -101,6 +107,12 @@ class TeacherConfig:
                    "most similar to the student's attempt) or all")
     stand: bool = _f(True, "also ask the teacher for every task (the StanD baseline dataset)")
     server_kv_cache_gb: int = _f(4, "KV cache of the locally started teacher server, GiB")
+    server_threads: str = _f("all", "cores for the local teacher server's OpenMP threads: all, "
+                             "auto or a list (see student.cpu_threads)")
+    server_preload: str = _f("tcmalloc,iomp", "libraries LD_PRELOADed into the local teacher "
+                             "server (see student.preload)")
+    server_eager: bool = _f(True, "start the local teacher server without compilation (see "
+                            "student.enforce_eager)")
     server_startup_s: float = _f(900.0, "how long to wait for the local teacher server to come up")
 
     def __post_init__(self) -> None:

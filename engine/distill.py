@@ -55,6 +55,8 @@ def teacher_endpoint(cfg: RunConfig, run: RunStore):
     model_dir = resolve_model(cfg.teacher.model)
     server = LocalServer(model_dir, cfg.teacher.model, run.path / "teacher-server.log",
                          kv_cache_gb=cfg.teacher.server_kv_cache_gb,
+                         threads=cfg.teacher.server_threads, preload=cfg.teacher.server_preload,
+                         eager=cfg.teacher.server_eager,
                          startup_s=cfg.teacher.server_startup_s)
     with server as url:
         # the identity names the weights, not the random port, so a re-run hits the cache

@@ -16,6 +16,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from engine.cpu_env import vllm_cpu_env
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -26,10 +28,12 @@ def free_port() -> int:
 class LocalServer:
     def __init__(self, model: str, served_name: str, log_path: Path, kv_cache_gb: int = 4,
                  max_model_len: int = 4096, dtype: str = "bfloat16", startup_s: float = 900.0,
-                 extra_args: tuple[str, ...] = ()):
+                 extra_args: tuple[str, ...] = (), threads: str = "all",
+                 preload: str = "tcmalloc,iomp", eager: bool = True):
         self.model, self.served_name, self.log_path = model, served_name, log_path
         self.kv_cache_gb, self.max_model_len, self.dtype = kv_cache_gb, max_model_len, dtype
         self.startup_s, self.extra_args = startup_s, extra_args
+        self.threads, self.preload, self.eager = threads, preload, eager
         self.proc: subprocess.Popen | None = None
         self.port = 0
 
@@ -42,10 +46,10 @@ class LocalServer:
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,
                "--served-model-name", self.served_name, "--host", "127.0.0.1",
                "--port", str(self.port), "--dtype", self.dtype,
-               "--max-model-len", str(self.max_model_len), *self.extra_args]
-        env = {**os.environ, "VLLM_HOST_IP": "127.0.0.1", "HF_HUB_OFFLINE": "1",
-               "VLLM_CPU_KVCACHE_SPACE": str(self.kv_cache_gb),
-               "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto")}
+               "--max-model-len", str(self.max_model_len),
+               *(("--enforce-eager",) if self.eager else ()), *self.extra_args]
+        env = {**os.environ, **vllm_cpu_env(self.threads, self.kv_cache_gb, self.preload),
+               "VLLM_HOST_IP": "127.0.0.1"}
         print(f"[teacher] starting vLLM OpenAI server for {self.served_name} on {self.url} "
               f"(log: {self.log_path})", file=sys.stderr, flush=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

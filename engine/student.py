@@ -43,19 +43,12 @@ class GenOutput:
 
 
 def _actor_env(cfg: StudentConfig) -> dict[str, str]:
-    cpus = os.cpu_count() or 1
-    threads = cfg.cpu_threads
-    if threads == "all":
-        threads = f"0-{cpus - 1}"
-    return {
-        "VLLM_CPU_KVCACHE_SPACE": str(cfg.kv_cache_gb),
-        "VLLM_CPU_OMP_THREADS_BIND": threads,
-        "VLLM_HOST_IP": os.environ.get("VLLM_HOST_IP", "127.0.0.1"),
-        "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
-        "OMP_NUM_THREADS": str(cpus),   # Ray sets 1 for a 1-CPU actor; vLLM needs the cores
-        "TOKENIZERS_PARALLELISM": "false",
-        "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
-    }
+    from engine.cpu_env import vllm_cpu_env
+
+    return {**vllm_cpu_env(cfg.cpu_threads, cfg.kv_cache_gb, cfg.preload),
+            # Ray sets 1 for a 1-CPU actor; vLLM needs the cores
+            "OMP_NUM_THREADS": str(len(os.sched_getaffinity(0))),
+            "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
 
 
 class StudentEngine:
@@ -75,7 +68,8 @@ class StudentEngine:
                        enable_chunked_prefill=cfg.chunked_prefill,
                        tensor_parallel_size=cfg.tensor_parallel_size,
                        enforce_eager=cfg.enforce_eager,
-                       max_num_batched_tokens=max(cfg.max_model_len, 8192))
+                       max_num_batched_tokens=max(cfg.max_model_len, 8192),
+                       max_num_seqs=cfg.max_num_seqs)
         self.tokenizer = self.llm.get_tokenizer()
         self.model_id = content_hash(model) if os.path.isdir(model) else f"hub:{model}"
         self._lora_ids: dict[str, int] = {}   # adapter content hash -> vLLM LoRA id

@@ -65,11 +65,11 @@ def bgmv_expand_slice(inputs, lora_b_weights, output_tensor, lora_indices_tensor
 
 def register() -> None:
     """Entry point: swap the grouped ops into vLLM's CPU LoRA path and the partial-selection
-    top-p into its CPU sampler (engine/fast_topp.py); no-op elsewhere."""
+    top-p sampler into its CPU sampler (engine/cpu_sampler.py); no-op elsewhere."""
     if os.environ.get("PERSD_CPU_TOPP_PATCH", "1") != "0":
-        from engine import fast_topp
+        from engine import cpu_sampler
 
-        fast_topp.register()
+        cpu_sampler.register()
     if os.environ.get("PERSD_CPU_LORA_PATCH", "1") == "0":
         return
     try:
