@@ -39,6 +39,8 @@ SETTINGS = {
     "two-turn-r2": dict(template="reference-two-turn", rounds=2),
     "two-turn-n4": dict(template="reference-two-turn", rounds=1, samples=4, temperature=0.8),
     "feedback-r2": dict(template="refine-feedback", rounds=2),
+    "feedback-n4": dict(template="refine-feedback", rounds=1, samples=4, temperature=0.8),
+    "two-turn-n4-r2": dict(template="reference-two-turn", rounds=2, samples=4, temperature=0.8),
 }
 
 
@@ -50,7 +52,7 @@ def main() -> None:
     ap.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated names")
     ap.add_argument("--base_url", default="")
     ap.add_argument("--model", default="qwen2.5-coder-1.5b-instruct")
-    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--out", default="runs/yield")
     args = ap.parse_args()
 

@@ -78,6 +78,11 @@ def _flat(tree: dict, prefix: str = "") -> dict:
     return out
 
 
+# Training tasks per student submission: large enough that vLLM's continuous batching stays
+# full (a 64-task batch waited for its slowest sample before the next began), small enough that
+# a kill loses little (the batch commits as one transaction).
+ATTEMPT_BATCH = 256
+
 NOT_SETTINGS = ("run_dir", "on_change")  # how to run, not what is computed
 
 
@@ -193,7 +198,7 @@ def _run(cfg: RunConfig, run: RunStore, student_pool) -> dict:
         with timed(timings, "1-attempt"):
             attempts = {a.attempt_id: a for a in stages.attempt_stage(
                 run, "attempts", pool, stages.task_jobs(train_tasks), model_id=student_id,
-                decoding=decoding, sampling=sampling, batch=64)}
+                decoding=decoding, sampling=sampling, batch=ATTEMPT_BATCH)}
         with timed(timings, "2-grade"):
             grades = stages.grade_stage(run, "grades", sandbox, [
                 (a.attempt_id, tasks[a.task_id], a.code) for a in attempts.values()])
