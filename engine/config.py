@@ -70,6 +70,9 @@ class TeacherConfig:
                        "refine-feedback, refine-nofeedback, reference-guided, "
                        "reference-two-turn (the paper's), auto (two-turn where a reference "
                        "exists)")
+    retry_template: str = _f("", "template for the rounds after the first (a chain whose "
+                             "refinement failed); empty: reference templates keep theirs, the "
+                             "others become refine-feedback")
     retry_temperature: float = _f(0.8, "a refinement that came back unchanged is asked again "
                                   "next round at this temperature (with a per-round seed), "
                                   "never as the same request")
@@ -121,9 +124,11 @@ class TeacherConfig:
 
         if self.api not in ("chat", "completions"):
             raise ValueError(f"teacher.api: {self.api!r} is not chat or completions")
-        if self.template not in TEMPLATES or self.template == "answer":
-            raise ValueError(f"teacher.template: {self.template!r} is not one of "
-                             f"{', '.join(t for t in TEMPLATES if t != 'answer')}")
+        for name in ("template", "retry_template"):
+            value = getattr(self, name)
+            if (value not in TEMPLATES or value == "answer") and (value or name == "template"):
+                raise ValueError(f"teacher.{name}: {value!r} is not one of "
+                                 f"{', '.join(t for t in TEMPLATES if t != 'answer')}")
         for name in ("samples", "rounds", "concurrency", "max_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"teacher.{name}: must be >= 1, got {getattr(self, name)}")
@@ -170,6 +175,10 @@ class RunConfig:
     dataset: str = _f("persd-combined", "dataset to fine-tune on: persd, persd-refine, "
                       "persd-combined, stand, stand-matched (StanD cut to PersD's size) or inpd")
     skip_train: bool = _f(False, "stop after building the datasets (no fine-tune, no after-eval)")
+    online_rounds: int = _f(0, "online PersD: after the fine-tune, rounds in which the student "
+                            "with its adapter attempts its still-failing tasks and the next "
+                            "data.train_limit tasks of the pool, the teacher refines the new "
+                            "failures, and the adapter trains on, on everything verified so far")
     student: StudentConfig = field(default_factory=StudentConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -180,6 +189,14 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset: {self.dataset!r} is not one of {', '.join(DATASETS)}")
+        if self.online_rounds < 0:
+            raise ValueError(f"online_rounds: must be >= 0, got {self.online_rounds}")
+        if self.online_rounds and not self.dataset.startswith("persd"):
+            raise ValueError(f"online_rounds: online rounds refine the student's failures, so "
+                             f"the dataset must be persd, persd-refine or persd-combined, not "
+                             f"{self.dataset!r}")
+        if self.online_rounds and self.skip_train:
+            raise ValueError("online_rounds: each round trains; it cannot go with skip_train")
         if self.on_change not in ("recompute", "refuse"):
             raise ValueError(f"on_change: {self.on_change!r} is not recompute or refuse")
         if self.student.samples > 1 and self.student.temperature == 0:

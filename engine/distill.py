@@ -18,6 +18,7 @@ Stages (each writes JSONL records into the run directory as it goes):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -44,8 +45,9 @@ def timed(timings: dict[str, float], name: str):
 
 
 @contextmanager
-def teacher_endpoint(cfg: RunConfig, run: RunStore):
-    """(base_url, model name, cache identity): the configured endpoint, or a local vLLM server."""
+def teacher_endpoint(cfg: RunConfig, run: RunStore, clock=None):
+    """(base_url, model name, cache identity): the configured endpoint, or a local vLLM server.
+    `clock(name)` times the local server's start-up (a stage time of its own)."""
     if cfg.teacher.base_url:
         yield cfg.teacher.base_url, cfg.teacher.model, cfg.teacher.base_url
         return
@@ -58,9 +60,13 @@ def teacher_endpoint(cfg: RunConfig, run: RunStore):
                          threads=cfg.teacher.server_threads, preload=cfg.teacher.server_preload,
                          eager=cfg.teacher.server_eager,
                          startup_s=cfg.teacher.server_startup_s)
-    with server as url:
+    try:
+        with clock("3-teacher-start") if clock else contextlib.nullcontext():
+            url = server.start()
         # the identity names the weights, not the random port, so a re-run hits the cache
         yield url, cfg.teacher.model, f"local:{model_identity(model_dir)}"
+    finally:
+        server.stop()
 
 
 def model_identity(model: str) -> str:
@@ -212,7 +218,8 @@ def _run(cfg: RunConfig, run: RunStore, student_pool) -> dict:
         summary["attempts"] = {"tasks": len(train_tasks), "samples": len(attempts),
                                "passed": len(attempts) - len(failed), "failed": len(failed)}
 
-        with teacher_endpoint(cfg, run) as (url, model, identity):
+        with teacher_endpoint(cfg, run, lambda name: timed(timings, name)) as \
+                (url, model, identity):
             import asyncio
 
             from engine.teacher import Usage
@@ -288,6 +295,25 @@ def _run(cfg: RunConfig, run: RunStore, student_pool) -> dict:
             summary["pass_after"] = after.pass_at
             if cfg.eval.rounds:
                 summary["pass_after_per_round"] = list(after.rounds)
+            if cfg.online_rounds:
+                from engine.online import run_online
+
+                first = {"round": 0, "tasks": len(train_tasks), "attempts": len(attempts),
+                         "train_pass_rate": round(1 - len(failed) / len(attempts), 4)
+                         if attempts else 0.0, "failures": len(failed),
+                         "verified_attempts": len({r.attempt_id for r in refinements
+                                                   if passed(r.refinement_id)}),
+                         "new_examples": len(datasets[cfg.dataset]),
+                         "dataset_size": len(datasets[cfg.dataset]), "adapter": str(adapter),
+                         "adapter_id": after.adapter_id, "pass_after": after.pass_at}
+                summary["online"] = [first] + run_online(
+                    cfg, run, pool, sandbox, load_tasks(cfg.data.train_tasks, 0,
+                                                        verify_seen=False),
+                    attempts, grades, datasets[cfg.dataset], adapter, eval_tasks, student_dir,
+                    student_id, lambda name: timed(timings, name), student_pool is None)
+                summary["adapter"] = summary["online"][-1]["adapter"]
+                summary["adapter_id"] = summary["online"][-1]["adapter_id"]
+                summary["pass_after"] = summary["online"][-1]["pass_after"]
     finally:
         # programs the executor broke on were re-run once and are counted apart, never as
         # student failures; tests judged inside the program (class protocols) are counted too
@@ -313,8 +339,10 @@ def train_subprocess(cfg: RunConfig, data: Path, model: str, model_id: str, out:
     last) is reused, and a killed training resumes from its checkpoint, only under the same
     fingerprint; a directory made under another one is moved aside to `train.<fingerprint>`.
     """
-    fp = fingerprint("train", hashlib.sha256(data.read_bytes()).hexdigest(),
-                     asdict(cfg.train), model_id)
+    parts = [hashlib.sha256(data.read_bytes()).hexdigest(), asdict(cfg.train), model_id]
+    if cfg.train.init_adapter:  # continued training: what it continues from, by content
+        parts.append(content_hash(cfg.train.init_adapter))
+    fp = fingerprint("train", *parts)
     mark = out / "train-fingerprint.txt"
     if out.exists() and (not mark.exists() or mark.read_text().strip() != fp):
         old = mark.read_text().strip()[:12] if mark.exists() else "unmarked"

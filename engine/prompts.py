@@ -8,6 +8,7 @@ Teacher templates follow the paper's variants (Chen et al. 2023, sec. 3 and appe
 | refine-nofeedback | task, student code; writes its own critique first | PersD without tests   |
 | reference-guided  | task, student code, feedback, reference solution  | one-turn variant      |
 | reference-two-turn| the task answered by the reference (first assistant turn), then the student's code and error | the paper's released prompt |
+| reference-edit    | task, student code, feedback, then the reference last, to be edited toward the student's code | a later round's retry |
 | auto              | reference-two-turn where the task has a reference, else refine-feedback | default |
 | answer            | task only                                         | StanD answers         |
 """
@@ -45,7 +46,7 @@ def resolve_template(template: str, task: Task) -> str:
     """`auto`: the paper's two-turn prompt where the task has a reference, else refine-feedback."""
     if template == "auto":
         return "reference-two-turn" if task.reference else "refine-feedback"
-    if template == "reference-two-turn" and not task.reference:
+    if template in ("reference-two-turn", "reference-edit") and not task.reference:
         return "refine-feedback"
     return template
 
@@ -81,6 +82,18 @@ def teacher_messages(template: str, task: Task, code: str = "", feedback: str = 
                     "code that is closest to the student's code, changing whatever is needed to "
                     "pass the tests; if it is badly wrong, rewrite it. Never return it unchanged. "
                     "Reply with the whole corrected code in one ```python code block.")}]
+    if template == "reference-edit":
+        # Small teachers copy the last code they are shown (Qwen2.5-Coder-1.5B returned the
+        # student's code unchanged for 27 of 48 two-turn prompts): here that code is the correct
+        # one, and the request is to bring it toward the student's, so a copy still passes.
+        return [system, {"role": "user", "content": (
+            f"{task_message(task)}\n\nA student wrote this code, which is wrong:\n"
+            f"```python\n{code.rstrip()}\n```\nRunning it against the tests fails with:\n"
+            f"{cut_words(feedback)}\n\nHere is a correct solution:\n"
+            f"```python\n{task.reference.rstrip()}\n```\nWrite the student's corrected code: "
+            "keep the student's function, names and structure wherever they are right, and take "
+            "from the correct solution only what the student got wrong. The result must pass the "
+            "tests. Reply with the whole corrected code in one ```python code block.")}]
     parts = [task_message(task),
              f"A student wrote this code, which is wrong:\n```python\n{code.rstrip()}\n```"]
     if template in ("refine-feedback", "reference-guided"):
@@ -100,7 +113,7 @@ def teacher_messages(template: str, task: Task, code: str = "", feedback: str = 
 
 
 TEMPLATES = ("refine-feedback", "refine-nofeedback", "reference-guided", "reference-two-turn",
-             "auto", "answer")
+             "reference-edit", "auto", "answer")
 
 
 def extract_code(reply: str, entry_point: str, prompt: str = "") -> str | None:

@@ -197,12 +197,12 @@ def stand_jobs(tasks: Sequence[Task]) -> list[TeacherJob]:
 
 
 def next_round_jobs(jobs: Sequence[TeacherJob], refinements: dict[str, Refinement],
-                    verified: dict[str, Grade], retry_temperature: float = 0.8
-                    ) -> list[TeacherJob]:
+                    verified: dict[str, Grade], retry_temperature: float = 0.8,
+                    retry_template: str = "") -> list[TeacherJob]:
     """The next round: each chain whose refinement has code that failed verification goes back
     with its own error, unless its attempt already has a passing refinement in any chain or
     round: one is all the datasets use. The reference prompts keep their template, the others
-    become refine-feedback. A refinement that came back `unchanged` would make the very request
+    become refine-feedback; a `retry_template` replaces both. A refinement that came back `unchanged` would make the very request
     that produced it again (same code, same error): it is sent at `retry_temperature` with a
     per-round seed instead, never the same request twice."""
     solved = {r.attempt_id for r in refinements.values()
@@ -215,7 +215,8 @@ def next_round_jobs(jobs: Sequence[TeacherJob], refinements: dict[str, Refinemen
             ref, grade = refinements.get(rid), verified.get(rid)
             if ref is None or ref.code is None or grade is None or grade.passed:
                 continue  # failed request (asked again on resume), no code, or already fine
-            template = (job.template if job.template.startswith("reference")
+            template = (prompts.resolve_template(retry_template, job.task) if retry_template
+                        else job.template if job.template.startswith("reference")
                         else "refine-feedback")
             sampling = job.sampling
             if ref.unchanged:
@@ -304,7 +305,8 @@ def refine_rounds(store: RunStore, teacher: Teacher, sandbox, failed: Sequence[A
             return every, rounds
         with clock("4-verify"):
             verified = verify_stage(store, sandbox, list(refs.values()), tasks)
-        rounds.append(next_round_jobs(rounds[-1], refs, verified, tc.retry_temperature))
+        rounds.append(next_round_jobs(rounds[-1], refs, verified, tc.retry_temperature,
+                                      tc.retry_template))
 
 
 def one_per_attempt(refinements: Sequence[Refinement], verified: dict[str, Grade],

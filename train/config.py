@@ -36,3 +36,5 @@ class TrainConfig:
     save_every: int = _f(20, "checkpoint every N optimizer steps (resume point after a kill)")
     seed: int = _f(0, "data order and adapter init seed")
     merge: bool = _f(False, "also write a merged model directory (base + adapter)")
+    init_adapter: str = _f("", "LoRA adapter directory to continue training from (online PersD "
+                           "rounds); its rank and modules replace rank/alpha/target_modules")

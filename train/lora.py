@@ -133,7 +133,16 @@ def train(data: Path, model_path: str, out: Path, cfg: TrainConfig) -> Path:
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
-    if cfg.method == "lora":
+    if cfg.method == "lora" and cfg.init_adapter:
+        from peft import PeftModel
+
+        if not Path(cfg.init_adapter, "adapter_config.json").exists():
+            raise DataError(f"init_adapter: {cfg.init_adapter} has no adapter_config.json")
+        model = PeftModel.from_pretrained(model, cfg.init_adapter, is_trainable=True)
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+    elif cfg.method == "lora":
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(
