@@ -110,7 +110,10 @@ class TeacherConfig:
     keep: str = _f("closest", "of several passing refinements of one attempt: closest (the one "
                    "most similar to the student's attempt) or all")
     stand: bool = _f(True, "also ask the teacher for every task (the StanD baseline dataset)")
-    server_kv_cache_gb: int = _f(4, "KV cache of the locally started teacher server, GiB")
+    server_kv_cache_gb: int = _f(8, "KV cache of the locally started teacher server, GiB (the "
+                                 "1.5B holds ~36k tokens per GiB; 256 replies in flight need ~6)")
+    server_max_seqs: int = _f(256, "sequences the local teacher server decodes at once (vLLM-CPU's "
+                              "server default is 128; the 1.5B decoded ~200 tokens/s at 128)")
     server_threads: str = _f("all", "cores for the local teacher server's OpenMP threads: all, "
                              "auto or a list (see student.cpu_threads)")
     server_preload: str = _f("tcmalloc,iomp", "libraries LD_PRELOADed into the local teacher "

@@ -59,6 +59,7 @@ def teacher_endpoint(cfg: RunConfig, run: RunStore, clock=None):
                          kv_cache_gb=cfg.teacher.server_kv_cache_gb,
                          threads=cfg.teacher.server_threads, preload=cfg.teacher.server_preload,
                          eager=cfg.teacher.server_eager,
+                         max_num_seqs=cfg.teacher.server_max_seqs,
                          startup_s=cfg.teacher.server_startup_s)
     try:
         with clock("3-teacher-start") if clock else contextlib.nullcontext():

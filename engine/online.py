@@ -1,4 +1,4 @@
-"""Online (multi-round) PersD: the student learns from the teacher's fixes of its *current* mistakes.
+"""Online (multi-round) PersD: the student learns from the teacher's fixes of its current mistakes.
 
 After the first fine-tune, each round r = 1..R:
  1 the student, now with its adapter, attempts its still-failing tasks and the next

@@ -29,11 +29,13 @@ class LocalServer:
     def __init__(self, model: str, served_name: str, log_path: Path, kv_cache_gb: int = 4,
                  max_model_len: int = 4096, dtype: str = "bfloat16", startup_s: float = 900.0,
                  extra_args: tuple[str, ...] = (), threads: str = "all",
-                 preload: str = "tcmalloc,iomp", eager: bool = True):
+                 preload: str = "tcmalloc,iomp", eager: bool = True,
+                 max_num_seqs: int = 256):
         self.model, self.served_name, self.log_path = model, served_name, log_path
         self.kv_cache_gb, self.max_model_len, self.dtype = kv_cache_gb, max_model_len, dtype
         self.startup_s, self.extra_args = startup_s, extra_args
         self.threads, self.preload, self.eager = threads, preload, eager
+        self.max_num_seqs = max_num_seqs
         self.proc: subprocess.Popen | None = None
         self.port = 0
 
@@ -47,6 +49,7 @@ class LocalServer:
                "--served-model-name", self.served_name, "--host", "127.0.0.1",
                "--port", str(self.port), "--dtype", self.dtype,
                "--max-model-len", str(self.max_model_len),
+               "--max-num-seqs", str(self.max_num_seqs),
                *(("--enforce-eager",) if self.eager else ()), *self.extra_args]
         env = {**os.environ, **vllm_cpu_env(self.threads, self.kv_cache_gb, self.preload),
                "VLLM_HOST_IP": "127.0.0.1"}

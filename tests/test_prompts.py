@@ -35,3 +35,38 @@ def test_a_class_prompt_is_shown_whole():
                 (TestCase("assert C().n == 0"),), instruction="A counter.")
     assert "Complete the following Python class." in task_message(task)
     assert ">>> C().n" in task_message(task)
+
+
+def test_reference_edit_shows_the_reference_last_and_needs_one():
+    import dataclasses
+
+    from engine.prompts import teacher_messages
+    from engine.tasks import BUILTIN_PATH, load_file
+
+    task = load_file(BUILTIN_PATH)[0]
+    [_, user] = teacher_messages("reference-edit", task, "def wrong(): pass", "AssertionError: x")
+    text = user["content"]
+    assert text.index("def wrong(): pass") < text.index("AssertionError: x") < \
+        text.rindex(task.reference.strip().splitlines()[0])
+    bare = dataclasses.replace(task, reference=None)
+    assert teacher_messages("reference-edit", bare, "c", "f") == \
+        teacher_messages("refine-feedback", bare, "c", "f")
+
+
+def test_retry_template_replaces_the_later_rounds_template():
+    from engine import stages
+    from engine.records import Attempt, Grade, Refinement, Status
+    from engine.tasks import BUILTIN_PATH, load_file
+
+    task = load_file(BUILTIN_PATH)[0]
+    att = Attempt(f"{task.task_id}#0", task.task_id, "x", "def f(): pass\n")
+    grade = Grade(att.attempt_id, Status.FAILED, (False,), "wrong", 0.0)
+    jobs = stages.first_round_jobs([att], {task.task_id: task}, {att.attempt_id: grade},
+                                   "reference-two-turn", 1)
+    rid = jobs[0].ids[0]
+    ref = Refinement(rid, task.task_id, att.attempt_id, "reference-two-turn", "r",
+                     "def f(): return 0\n", 0, 0)
+    failed = {rid: Grade(rid, Status.FAILED, (False,), "still wrong", 0.0)}
+    [kept] = stages.next_round_jobs(jobs, {rid: ref}, failed)
+    [edit] = stages.next_round_jobs(jobs, {rid: ref}, failed, retry_template="reference-edit")
+    assert (kept.template, edit.template) == ("reference-two-turn", "reference-edit")
