@@ -30,7 +30,7 @@ from engine.config import RunConfig, TeacherConfig  # noqa: E402
 from engine.records import Attempt, Grade  # noqa: E402
 from engine.store import RunStore, read_view  # noqa: E402
 
-# name -> TeacherConfig overrides (the rest: the defaults)
+# name -> overrides of the base below (greedy, one sample, refine-feedback)
 SETTINGS = {
     "feedback": dict(template="refine-feedback", rounds=1),
     "nofeedback": dict(template="refine-nofeedback", rounds=1),
@@ -74,7 +74,9 @@ def main() -> None:
     failed = failed[: args.limit or None]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    base = TeacherConfig(base_url=args.base_url, model=args.model, concurrency=args.concurrency)
+    # settings override a fixed base (greedy, one sample), not the engine's current defaults
+    base = TeacherConfig(base_url=args.base_url, model=args.model, concurrency=args.concurrency,
+                         template="refine-feedback", samples=1, temperature=0.0)
     run_cfg = RunConfig(teacher=base)
     rows, passing = {}, {}
     with SandboxPool(RunConfig().sandbox) as sandbox, \

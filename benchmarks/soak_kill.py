@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from engine.config import DataConfig, EvalConfig, RunConfig, StudentConfig, TeacherConfig  # noqa: E402
 from engine.tasks import BUILTIN_PATH, load_file, load_tasks  # noqa: E402
 from tests.killing import datasets, duplicate_requests, run_driver, stable_summary  # noqa: E402
-from tests.tiny import ScriptedTeacher, build_tiny_model  # noqa: E402
+from tests.tiny import SCRIPTED_TEACHER, ScriptedTeacher, build_tiny_model  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
 
 
@@ -57,7 +57,8 @@ def main() -> None:
     def cfg(run_dir: Path, url: str) -> RunConfig:
         return RunConfig(
             run_dir=str(run_dir), student=student,
-            teacher=TeacherConfig(base_url=url, model="scripted", concurrency=args.concurrency),
+            teacher=TeacherConfig(base_url=url, model="scripted", concurrency=args.concurrency,
+                                  **SCRIPTED_TEACHER),
             data=DataConfig(train_tasks=str(task_file), train_limit=0,
                             eval_tasks=str(task_file), eval_limit=3),
             eval=EvalConfig(n=2, k=(1, 2), temperature=0.8, max_tokens=32),

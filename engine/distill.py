@@ -311,7 +311,8 @@ def _run(cfg: RunConfig, run: RunStore, student_pool) -> dict:
                     cfg, run, pool, sandbox, load_tasks(cfg.data.train_tasks, 0,
                                                         verify_seen=False),
                     attempts, grades, datasets[cfg.dataset], adapter, eval_tasks, student_dir,
-                    student_id, lambda name: timed(timings, name), student_pool is None)
+                    student_id, lambda name: timed(timings, name), student_pool is None,
+                    refinements + stand, verified)
                 summary["adapter"] = summary["online"][-1]["adapter"]
                 summary["adapter_id"] = summary["online"][-1]["adapter_id"]
                 summary["pass_after"] = summary["online"][-1]["pass_after"]

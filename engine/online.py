@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from engine import stages
-from engine.records import Attempt, Example, Grade, Task
+from engine.records import Attempt, Example, Grade, Refinement, Task
 
 
 def round_tasks(pool_tasks: Sequence[Task], failing: set[str], r: int, limit: int) -> list[Task]:
@@ -41,8 +41,11 @@ def still_failing(attempts: dict[str, Attempt], grades: dict[str, Grade]) -> set
 def run_online(cfg, run, pool, sandbox, pool_tasks: Sequence[Task], attempts: dict[str, Attempt],
                grades: dict[str, Grade], examples: list[Example], adapter: Path,
                eval_tasks: Sequence[Task], student_dir: str, student_id: str,
-               timed: Callable, close_pool: bool) -> list[dict]:
-    """Rounds 1..cfg.online_rounds; returns one summary row per round."""
+               timed: Callable, close_pool: bool, refinements: Sequence[Refinement] = (),
+               verified: dict[str, Grade] | None = None) -> list[dict]:
+    """Rounds 1..cfg.online_rounds; returns one summary row per round. `refinements` and
+    `verified` are the first pass's: the `refinements` and `verified` views grow by each round's
+    (the stages share those names, and a view is rewritten whole)."""
     from engine.distill import teacher_endpoint, train_subprocess
     from engine.docstring_tests import verify_seen_tests
     from engine.evaluate import evaluate
@@ -51,6 +54,8 @@ def run_online(cfg, run, pool, sandbox, pool_tasks: Sequence[Task], attempts: di
     st, tc = cfg.student, cfg.teacher
     limit = cfg.data.train_limit or len(pool_tasks)
     known = {e.example_id: e for e in examples}
+    all_refs = {r.refinement_id: r for r in refinements}
+    all_verified = dict(verified or {})
     failing = still_failing(attempts, grades)
     rows = []
     for r in range(1, cfg.online_rounds + 1):
@@ -82,6 +87,10 @@ def run_online(cfg, run, pool, sandbox, pool_tasks: Sequence[Task], attempts: di
                     refs, _ = stages.refine_rounds(run, teacher, sandbox, failed, by_id, grs, tc)
         with timed(f"o{r}-4-verify"):
             verified = stages.verify_stage(run, sandbox, list(refs.values()), by_id)
+        all_refs.update(refs)
+        all_verified.update(verified)
+        run.export("refinements", list(all_refs.values()))
+        run.export("verified", list(all_verified.values()))
         new = stages.build_datasets(by_id, atts, grs, stages.one_per_attempt(
             list(refs.values()), verified, atts, tc.keep), verified)[cfg.dataset]
         known.update({e.example_id: e for e in new})

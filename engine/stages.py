@@ -193,7 +193,9 @@ def first_round_jobs(failed: Sequence[Attempt], tasks: dict[str, Task], grades: 
 
 
 def stand_jobs(tasks: Sequence[Task]) -> list[TeacherJob]:
-    return [TeacherJob(t, None, "answer") for t in tasks]
+    """One greedy answer per task: StanD is the teacher's single best answer, whatever
+    temperature the refinements are sampled at."""
+    return [TeacherJob(t, None, "answer", sampling=(("temperature", 0.0),)) for t in tasks]
 
 
 def next_round_jobs(jobs: Sequence[TeacherJob], refinements: dict[str, Refinement],

@@ -11,7 +11,7 @@ from engine.config import DataConfig, EvalConfig, RunConfig, TeacherConfig
 from engine.records import Attempt, Example, Grade, Refinement
 from engine.store import RunStore
 from engine.tasks import load_file
-from tests.tiny import ScriptedTeacher, wrong_on_purpose
+from tests.tiny import SCRIPTED_TEACHER, ScriptedTeacher, wrong_on_purpose
 from train.config import TrainConfig
 
 
@@ -25,7 +25,8 @@ def e2e(tmp_path_factory, task_file, student_pool, student_cfg, tiny_model):
         cfg = RunConfig(
             run_dir=str(run_dir), dataset="persd-combined",
             student=student_cfg.__class__(**{**student_cfg.__dict__, "model": str(tiny_model)}),
-            teacher=TeacherConfig(base_url=teacher.url, model="scripted", concurrency=4),
+            teacher=TeacherConfig(base_url=teacher.url, model="scripted", concurrency=4,
+                                  **SCRIPTED_TEACHER),
             data=DataConfig(train_tasks=str(task_file), train_limit=0,
                             eval_tasks=str(task_file), eval_limit=3),
             eval=EvalConfig(n=2, k=(1, 2), temperature=0.8, max_tokens=32),

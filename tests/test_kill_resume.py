@@ -19,7 +19,7 @@ from engine.store import read_view
 from engine.tasks import load_file
 from tests.killing import (DATASETS, datasets, duplicate_requests, example_ids, run_driver,
                            stable_summary)
-from tests.tiny import ScriptedTeacher
+from tests.tiny import SCRIPTED_TEACHER, ScriptedTeacher
 from train.config import TrainConfig
 
 # (stage, fault point): the n-th time the driver process reaches the point, it is SIGKILLed
@@ -48,7 +48,8 @@ def make_cfg(run_dir, task_file, tiny_model, student_cfg, teacher_url) -> RunCon
         student=dataclasses.replace(student_cfg, model=str(tiny_model), samples=2,
                                     temperature=0.8),
         # one request in flight: a kill at a fault point leaves no answer unreceived
-        teacher=TeacherConfig(base_url=teacher_url, model="scripted", concurrency=1),
+        teacher=TeacherConfig(base_url=teacher_url, model="scripted", concurrency=1,
+                              **SCRIPTED_TEACHER),
         data=DataConfig(train_tasks=str(task_file), train_limit=0, eval_tasks=str(task_file),
                         eval_limit=3),
         eval=EvalConfig(n=2, k=(1, 2), temperature=0.8, max_tokens=32),

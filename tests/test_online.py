@@ -12,7 +12,7 @@ from engine.online import round_tasks
 from engine.records import Attempt, Example, Grade, Refinement
 from engine.store import RunStore, content_hash
 from engine.tasks import BUILTIN_PATH, load_file
-from tests.tiny import ScriptedTeacher
+from tests.tiny import SCRIPTED_TEACHER, ScriptedTeacher
 from train.config import TrainConfig
 
 
@@ -29,7 +29,7 @@ def online(tmp_path_factory, student_pool, student_cfg, tiny_model):
             run_dir=str(run_dir), dataset="persd-combined", online_rounds=1,
             student=student_cfg.__class__(**{**student_cfg.__dict__, "model": str(tiny_model)}),
             teacher=TeacherConfig(base_url=teacher.url, model="scripted", concurrency=4,
-                                  stand=False),
+                                  stand=False, **SCRIPTED_TEACHER),
             data=DataConfig(train_tasks=str(path), train_limit=3, eval_tasks=str(path),
                             eval_limit=2),
             eval=EvalConfig(n=1, k=(1,), temperature=0.0, max_tokens=32),

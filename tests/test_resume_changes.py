@@ -17,7 +17,7 @@ from engine.config import DataConfig, EvalConfig, RunConfig, TeacherConfig
 from engine.records import Refinement
 from engine.store import read_view
 from engine.tasks import load_file
-from tests.tiny import ScriptedTeacher
+from tests.tiny import SCRIPTED_TEACHER, ScriptedTeacher
 from train.config import TrainConfig
 
 
@@ -32,7 +32,8 @@ def base(tmp_path, task_file, tiny_model, student_cfg, teacher):
     return RunConfig(
         run_dir=str(tmp_path / "run"), skip_train=True,
         student=dataclasses.replace(student_cfg, model=str(tiny_model)),
-        teacher=TeacherConfig(base_url=teacher.url, model="scripted", concurrency=4, rounds=1),
+        teacher=TeacherConfig(base_url=teacher.url, model="scripted", concurrency=4, rounds=1,
+                              **SCRIPTED_TEACHER),
         data=DataConfig(train_tasks=str(task_file), train_limit=0, eval_tasks=str(task_file),
                         eval_limit=2),
         eval=EvalConfig(n=1, k=(1,), temperature=0.0, max_tokens=24),

@@ -182,7 +182,8 @@ def test_an_unchanged_refinement_is_counted_and_never_asked_again_the_same_way(t
     task = load_file(BUILTIN_PATH)[0]
     att, grade = _failed_attempt(task)
     with ScriptedTeacher([task], copy=True) as server:
-        teacher = Teacher(TeacherConfig(timeout_s=5.0), server.url, "m", tmp_path / "c.jsonl")
+        teacher = Teacher(TeacherConfig(timeout_s=5.0, temperature=0.0), server.url, "m",
+                          tmp_path / "c.jsonl")
         jobs = stages.first_round_jobs([att], {task.task_id: task}, {att.attempt_id: grade},
                                        "refine-feedback", 1)
         [ref] = stages.refine(teacher, jobs)

@@ -81,3 +81,22 @@ def test_bad_training_file_names_file_and_line(tmp_path):
     data.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a"}\n')
     with pytest.raises(DataError, match=r"bad.jsonl:2: missing field 'completion'"):
         load_examples(data)
+
+
+def test_init_adapter_continues_from_its_weights(tiny_model, tmp_path):
+    from safetensors.torch import load_file
+
+    data = tmp_path / "d.jsonl"
+    write_examples(data, 8)
+    first = train(data, str(tiny_model), tmp_path / "a", TrainConfig(epochs=2, lr=1e-2,
+                                                                   batch_tokens=512))
+    # lr 0: continued training returns its starting point, a fresh one its zero-initialised B
+    same = train(data, str(tiny_model), tmp_path / "b", TrainConfig(
+        epochs=1, lr=0.0, batch_tokens=512, init_adapter=str(first)))
+    fresh = train(data, str(tiny_model), tmp_path / "c", TrainConfig(epochs=1, lr=0.0,
+                                                                   batch_tokens=512))
+    w0, w1, w2 = (load_file(str(d / "adapter_model.safetensors")) for d in (first, same, fresh))
+    assert w0.keys() == w1.keys() and all((w0[k] == w1[k]).all() for k in w0)
+    assert any((w2[k] != w0[k]).any() for k in w0 if "lora_B" in k)
+    with pytest.raises(DataError, match="init_adapter"):
+        train(data, str(tiny_model), tmp_path / "d", TrainConfig(init_adapter=str(tmp_path)))

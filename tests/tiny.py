@@ -131,3 +131,9 @@ class ScriptedTeacher:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+# The pipeline tests' teacher settings: one greedy sample with the refine-feedback prompt, which
+# the scripted teacher answers once per request (the engine's defaults, 4 samples at 0.8 with the
+# two-turn prompt, are measured against the real 1.5B teacher in benchmarks/bench_yield.py).
+SCRIPTED_TEACHER = dict(samples=1, temperature=0.0, template="refine-feedback")
