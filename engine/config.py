@@ -279,7 +279,8 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type = RunConfig) -> N
         default = f.default if f.default is not dataclasses.MISSING else None
         tname = getattr(tp, "__name__", str(tp))
         parser.add_argument(f"--{name}", dest=name, default=None, metavar=tname.upper(),
-                            help=f"{f.metadata.get('help', '')} (default: {default!r})")
+                            help=f"{f.metadata.get('help', '')} (default: {default!r})"
+                            .replace("%", "%%"))   # argparse formats help with %
 
 
 def _set(tree: dict, dotted: str, value: Any) -> None:
