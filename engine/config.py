@@ -16,14 +16,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sandbox.config import SandboxConfig  # noqa: E402
+from common.config import add_config_args as _add_config_args
+from common.config import config_from_args as _config_from_args
+from common.config import setting, to_dict  # noqa: F401 (to_dict: part of this module's API)
+from common.errors import ConfigError
+from sandbox.config import SandboxConfig
 from train.config import TrainConfig
 
 
-def _f(default: Any, help: str) -> Any:
-    if isinstance(default, (list, dict, set)):
-        raise TypeError("use tuples for sequence defaults")
-    return field(default=default, metadata={"help": help})
+_f = setting
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type | None = None) -> None:
+    """One `--section.field` flag per field of the run's config tree (or of `cls`)."""
+    _add_config_args(parser, cls or RunConfig)
+
+
+def config_from_args(args: argparse.Namespace, cls: type | None = None) -> Any:
+    return _config_from_args(args, cls or RunConfig)
 
 
 @dataclass(frozen=True)
@@ -131,23 +141,23 @@ class TeacherConfig:
         from engine.prompts import TEMPLATES  # here, not at the top: keeps config imports light
 
         if self.api not in ("chat", "completions"):
-            raise ValueError(f"teacher.api: {self.api!r} is not chat or completions")
+            raise ConfigError(f"teacher.api: {self.api!r} is not chat or completions")
         for name in ("template", "retry_template"):
             value = getattr(self, name)
             if (value not in TEMPLATES or value == "answer") and (value or name == "template"):
-                raise ValueError(f"teacher.{name}: {value!r} is not one of "
+                raise ConfigError(f"teacher.{name}: {value!r} is not one of "
                                  f"{', '.join(t for t in TEMPLATES if t != 'answer')}")
         for name in ("samples", "rounds", "concurrency", "max_tokens"):
             if getattr(self, name) < 1:
-                raise ValueError(f"teacher.{name}: must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"teacher.{name}: must be >= 1, got {getattr(self, name)}")
         for name in ("rpm", "tpm", "max_retries", "backoff_s", "backoff_max_s", "circuit_failures",
                      "circuit_window_s", "budget_usd"):
             if getattr(self, name) < 0:
-                raise ValueError(f"teacher.{name}: must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"teacher.{name}: must be >= 0, got {getattr(self, name)}")
         if self.keep not in ("closest", "all"):
-            raise ValueError(f"teacher.keep: {self.keep!r} is not closest or all")
+            raise ConfigError(f"teacher.keep: {self.keep!r} is not closest or all")
         if self.timeout_s <= 0:
-            raise ValueError(f"teacher.timeout_s: must be > 0, got {self.timeout_s}")
+            raise ConfigError(f"teacher.timeout_s: must be > 0, got {self.timeout_s}")
 
 
 @dataclass(frozen=True)
@@ -200,117 +210,25 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
-            raise ValueError(f"dataset: {self.dataset!r} is not one of {', '.join(DATASETS)}")
+            raise ConfigError(f"dataset: {self.dataset!r} is not one of {', '.join(DATASETS)}")
         if self.online_rounds < 0:
-            raise ValueError(f"online_rounds: must be >= 0, got {self.online_rounds}")
+            raise ConfigError(f"online_rounds: must be >= 0, got {self.online_rounds}")
         if self.online_rounds and not self.dataset.startswith("persd"):
-            raise ValueError(f"online_rounds: online rounds refine the student's failures, so "
+            raise ConfigError(f"online_rounds: online rounds refine the student's failures, so "
                              f"the dataset must be persd, persd-refine or persd-combined, not "
                              f"{self.dataset!r}")
         if self.online_rounds and self.skip_train:
-            raise ValueError("online_rounds: each round trains; it cannot go with skip_train")
+            raise ConfigError("online_rounds: each round trains; it cannot go with skip_train")
         if self.on_change not in ("recompute", "refuse"):
-            raise ValueError(f"on_change: {self.on_change!r} is not recompute or refuse")
+            raise ConfigError(f"on_change: {self.on_change!r} is not recompute or refuse")
         if self.student.samples > 1 and self.student.temperature == 0:
-            raise ValueError("student.samples: greedy decoding (student.temperature 0) gives one "
+            raise ConfigError("student.samples: greedy decoding (student.temperature 0) gives one "
                              f"sample, not {self.student.samples}; set a temperature > 0")
         if self.eval.n > 1 and self.eval.temperature == 0:
-            raise ValueError(f"eval.n: greedy decoding (eval.temperature 0) gives one sample, "
+            raise ConfigError(f"eval.n: greedy decoding (eval.temperature 0) gives one sample, "
                              f"not {self.eval.n}; set a temperature > 0")
         if any(k > self.eval.n for k in self.eval.k):
-            raise ValueError(f"eval.k: every k must be <= eval.n ({self.eval.n}), got {self.eval.k}")
+            raise ConfigError(f"eval.k: every k must be <= eval.n ({self.eval.n}), got {self.eval.k}")
         if self.student.prompt_format not in ("chat", "completion"):
-            raise ValueError(f"student.prompt_format: {self.student.prompt_format!r} is not chat "
+            raise ConfigError(f"student.prompt_format: {self.student.prompt_format!r} is not chat "
                              "or completion")
-
-
-# ------------------------------------------------------------------------------ load and override
-
-def _coerce(tp: Any, value: Any, where: str) -> Any:
-    """Turn a TOML or CLI value into the field's type, naming the field on error."""
-    origin = typing.get_origin(tp)
-    try:
-        if origin is tuple:
-            inner = typing.get_args(tp)[0]
-            items = value.split(",") if isinstance(value, str) else list(value)
-            return tuple(_coerce(inner, v, where) for v in items)
-        if tp is bool and isinstance(value, str):
-            if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                raise ValueError(value)
-            return value.lower() in ("1", "true", "yes")
-        if tp in (int, float, str) and not isinstance(value, bool):
-            return tp(value)
-        if tp is bool and isinstance(value, bool):
-            return value
-    except (TypeError, ValueError):
-        pass
-    raise ValueError(f"{where}: cannot use {value!r} as {getattr(tp, '__name__', tp)}")
-
-
-def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"unknown config key(s): {', '.join(prefix + u for u in unknown)}")
-    kwargs = {}
-    for name, value in values.items():
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            if not isinstance(value, dict):
-                raise ValueError(f"{prefix}{name}: expected a table of settings")
-            kwargs[name] = _build(tp, value, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _coerce(tp, value, prefix + name)
-    return cls(**kwargs)
-
-
-def _flags(cls: type, prefix: str = "") -> list[tuple[str, Any, dataclasses.Field]]:
-    hints = typing.get_type_hints(cls)
-    out = []
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            out += _flags(hints[f.name], f"{prefix}{f.name}.")
-        else:
-            out.append((prefix + f.name, hints[f.name], f))
-    return out
-
-
-def add_config_args(parser: argparse.ArgumentParser, cls: type = RunConfig) -> None:
-    """One `--section.field` flag per config field, with the field's help text and default."""
-    parser.add_argument("--config", help="TOML file with settings (CLI flags override it)")
-    for name, tp, f in _flags(cls):
-        default = f.default if f.default is not dataclasses.MISSING else None
-        tname = getattr(tp, "__name__", str(tp))
-        parser.add_argument(f"--{name}", dest=name, default=None, metavar=tname.upper(),
-                            help=f"{f.metadata.get('help', '')} (default: {default!r})"
-                            .replace("%", "%%"))   # argparse formats help with %
-
-
-def _set(tree: dict, dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-        tree = tree.setdefault(p, {})
-    tree[leaf] = value
-
-
-def config_from_args(args: argparse.Namespace, cls: type = RunConfig) -> Any:
-    tree: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        path = Path(args.config)
-        if not path.exists():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        with open(path, "rb") as fh:
-            try:
-                tree = tomllib.load(fh)
-            except tomllib.TOMLDecodeError as e:
-                raise ValueError(f"{path}: {e}") from None
-    for name, _, _ in _flags(cls):
-        value = getattr(args, name, None)
-        if value is not None:
-            _set(tree, name, value)
-    return _build(cls, tree, "")
-
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)

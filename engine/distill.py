@@ -30,10 +30,12 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
+from common.config import dump_toml
+from common.errors import EmptyDataset, PersdError, TrainerFailed
 from engine import faults, personal, stages
 from engine.config import RunConfig, add_config_args, config_from_args, to_dict
 from engine.records import Refinement
-from engine.store import RunStore, RunInUse, content_hash, fingerprint
+from engine.store import RunStore, content_hash, fingerprint
 
 
 @contextmanager
@@ -287,7 +289,7 @@ def _run(cfg: RunConfig, run: RunStore, student_pool) -> dict:
         if not cfg.skip_train:
             train_file = run.file(cfg.dataset)
             if not datasets[cfg.dataset]:
-                raise RuntimeError(f"dataset {cfg.dataset!r} is empty: no verified examples to "
+                raise EmptyDataset(f"dataset {cfg.dataset!r} is empty: no verified examples to "
                                    "train on (see refinements.jsonl and verified.jsonl)")
             with timed(timings, "6-train"):
                 adapter = train_subprocess(cfg, train_file, student_dir, student_id,
@@ -363,10 +365,10 @@ def train_subprocess(cfg: RunConfig, data: Path, model: str, model_id: str, out:
         return out / "adapter"
     out.mkdir(parents=True, exist_ok=True)
     mark.write_text(fp + "\n")
+    # the trainer reads its own config file; it never imports the engine's config
+    (out / "train.toml").write_text(dump_toml(cfg.train))
     args = [sys.executable, "-m", "train.lora", "--data", str(data), "--model", model,
-            "--out", str(out)]
-    for k, v in asdict(cfg.train).items():
-        args += [f"--{k}", ",".join(v) if isinstance(v, tuple) else str(v)]
+            "--out", str(out), "--config", str(out / "train.toml")]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.Popen(args, env=env)
     log, stepped = out / "train-log.jsonl", False
@@ -376,7 +378,7 @@ def train_subprocess(cfg: RunConfig, data: Path, model: str, model_id: str, out:
             stepped = True
             faults.point("train-step")
     if proc.returncode != 0:
-        raise RuntimeError(f"trainer failed with exit code {proc.returncode} (command: "
+        raise TrainerFailed(f"trainer failed with exit code {proc.returncode} (command: "
                            f"{' '.join(args)})")
     return out / "adapter"
 
@@ -392,8 +394,9 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(str(e))
     try:
         summary = run_distill(cfg)
-    except RunInUse as e:
-        raise SystemExit(f"error: {e}") from None
+    except PersdError as e:   # the user's to fix: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(json.dumps(summary, indent=2))
 
 

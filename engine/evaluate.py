@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from common.errors import PersdError
 from engine import stages
 from engine.config import EvalConfig, StudentConfig
 from engine.records import Attempt, EvalResult, Grade, Task
@@ -157,8 +159,12 @@ def main(argv: list[str] | None = None) -> None:
     cfg = EvalConfig(n=args.n, k=ks, temperature=args.temperature, max_tokens=args.max_tokens,
                      rounds=args.rounds)
     student = StudentConfig(model=args.model, prompt_format=args.prompt_format)
-    out = evaluate_into(Path(args.out), args.model, args.adapter, load_tasks(args.tasks, args.limit),
-                        cfg, student, task_spec=args.tasks)
+    try:
+        out = evaluate_into(Path(args.out), args.model, args.adapter,
+                            load_tasks(args.tasks, args.limit), cfg, student, task_spec=args.tasks)
+    except PersdError as e:   # a missing model or task file, a run in use: one line
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(json.dumps(out))
 
 

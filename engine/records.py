@@ -16,34 +16,10 @@ from typing import Any, TypeVar
 
 import orjson
 
+# the sandbox's interface records, re-exported: every stage reads and writes them
+from sandbox.records import Grade, Program, Status, TestCase
+
 T = TypeVar("T")
-
-
-class Status(str, enum.Enum):
-    """Outcome of grading one program; the sandbox decides it, never the program."""
-
-    PASSED = "passed"        # every test ran and passed
-    FAILED = "failed"        # a test's assertion failed (wrong answer)
-    ERROR = "error"          # the program or a test raised, or did not compile
-    TIMEOUT = "timeout"      # wall-clock or CPU limit hit
-    MEMORY = "memory"        # address-space / cgroup memory limit hit
-    KILLED = "killed"        # killed by a signal it did not ask for, or exited early
-    SANDBOX_FAULT = "sandbox-fault"  # the executor itself broke; not the program's fault
-
-
-@dataclass(frozen=True)
-class TestCase:
-    """One test: an assert statement, optionally split into call and expected expression.
-
-    `call`/`expected` are filled when the test has the form `assert CALL == EXPECTED`; they let
-    the harness report the paper's feedback (input, output, expected) for the first failure.
-    """
-
-    __test__ = False              # not a pytest class, despite the name
-
-    source: str                   # a statement that raises AssertionError when the test fails
-    call: str | None = None       # expression evaluated to get the output, e.g. "f(1, 2)"
-    expected: str | None = None   # expression for the expected value, e.g. "3"
 
 
 @dataclass(frozen=True)
@@ -65,32 +41,6 @@ class Task:
     reference: str | None = None          # a full reference solution (code), if known
     source: str = ""                      # where the task came from, "file:line"
     tags: tuple[str, ...] = ()            # e.g. ("strings", "easy")
-
-
-@dataclass(frozen=True)
-class Program:
-    """A unit of work for the sandbox: code plus the tests to run against it."""
-
-    program_id: str
-    code: str
-    tests: tuple[TestCase, ...]
-    setup: str = ""
-    timeout_s: float = 10.0
-
-
-@dataclass(frozen=True)
-class Grade:
-    """The sandbox's verdict on one Program."""
-
-    program_id: str
-    status: Status
-    test_passed: tuple[bool, ...]   # one entry per test; tests after a crash count as failed
-    feedback: str                   # the paper's feedback for the first failure; "" when passed
-    duration_s: float
-
-    @property
-    def passed(self) -> bool:
-        return self.status is Status.PASSED
 
 
 @dataclass(frozen=True)

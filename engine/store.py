@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import orjson
 
+from common.errors import RunInUse  # noqa: F401 (raised here)
 from engine import faults
 from engine.records import from_dict, from_json, to_json
 from engine.runlog import Progress
@@ -52,10 +53,6 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS invocations (t REAL NOT NULL, info BLOB NOT NULL);
 """
-
-
-class RunInUse(RuntimeError):
-    """Another live process holds this run directory."""
 
 
 def fingerprint(*parts: Any) -> str:

@@ -32,14 +32,11 @@ from typing import Iterable, Iterator
 
 import orjson
 
+from common.errors import MissingFile, TaskFileError
 from engine.docstring_tests import docstring_examples, format_examples, verify_seen_tests
 from engine.records import Task, TestCase
 
 BUILTIN_PATH = Path(__file__).parent / "data" / "tasks.jsonl"
-
-
-class TaskFileError(ValueError):
-    """A task file that cannot be used; the message names file and line."""
 
 
 # ------------------------------------------------------------------------------------ test parsing
@@ -208,7 +205,7 @@ def load_file(path: str | Path, verify_seen: bool = True) -> list[Task]:
     solution fails are dropped (`verify_seen`; this starts a small sandbox pool)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"task file {path} does not exist")
+        raise MissingFile(f"task file {path} does not exist")
     tasks, fmt, seen_ids = [], None, set()
     for lineno, line in _lines(path):
         where = f"{path}:{lineno}"

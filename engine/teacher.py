@@ -36,6 +36,7 @@ from typing import Callable
 
 import orjson
 
+from common.errors import TeacherUnreachable  # noqa: F401 (raised here; callers catch it)
 from engine import faults
 from engine.cache import ResponseCache
 from engine.config import TeacherConfig
@@ -52,10 +53,6 @@ PRICES_PER_MTOK: dict[str, tuple[float, float]] = {
     "gpt-4.1": (2.00, 8.00),
     "gpt-3.5-turbo": (0.50, 1.50),
 }
-
-
-class TeacherUnreachable(RuntimeError):
-    """The endpoint is down; fatal for the run. Every answer received is already in the cache."""
 
 
 class Failure(str, enum.Enum):

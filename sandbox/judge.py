@@ -31,7 +31,7 @@ from typing import Any
 from sandbox.channel import Abort, Channel, Corrupt, Gone, TimedOut
 from sandbox.parse import Parsed, names_for, parse_test
 from sandbox.plan import SHIP, ExecPlan, Plan, SplitPlan, plan_test
-from sandbox.protocol import Outcome, Request
+from sandbox.records import Program, Status
 from sandbox.remote import (Namespace, Opaque, Raised, Remote, Unsendable, label, raised_type,
                             sendable)
 from sandbox.values import decode, encode, equal
@@ -39,7 +39,7 @@ from sandbox.verdict import Run, TestResult, exception_text
 
 MAX_SHOW = 300   # characters of an output shown in feedback
 _UNSET = object()
-_PASS = TestResult(True, Outcome.PASSED, "")
+_PASS = TestResult(True, Status.PASSED, "")
 
 
 class Stopped(Abort):
@@ -47,7 +47,7 @@ class Stopped(Abort):
 
 
 class Judge:
-    def __init__(self, request: Request, channel: Channel) -> None:
+    def __init__(self, request: Program, channel: Channel) -> None:
         self.request = request
         self.channel = channel
         self.ns = Namespace(self)
@@ -93,7 +93,7 @@ class Judge:
             raise
         except BaseException as exc:
             text = exception_text(type(exc).__name__, _str(exc)) + " (in the task's setup)"
-            self.results = [TestResult(False, Outcome.ERROR, text)] * len(tests)
+            self.results = [TestResult(False, Status.ERROR, text)] * len(tests)
             return
         parsed = [parse_test(t.source, t.call, t.expected) for t in tests]
         stores = frozenset().union(*(p.stores for p in parsed))
@@ -137,7 +137,7 @@ class Judge:
 
     def _test(self, plan: Plan | None, parsed: Parsed) -> TestResult:
         if plan is None:
-            return TestResult(False, Outcome.ERROR, parsed.error)
+            return TestResult(False, Status.ERROR, parsed.error)
         source = ""
         try:
             for step in plan.steps:
@@ -152,16 +152,16 @@ class Judge:
         except Abort:
             raise
         except AssertionError as exc:
-            return TestResult(False, Outcome.FAILED,
+            return TestResult(False, Status.FAILED,
                               _str(exc) or f"Assertion failed: {source.strip()}")
         except Opaque as exc:
-            return TestResult(False, Outcome.FAILED, f"Output cannot be judged: {_str(exc)}")
+            return TestResult(False, Status.FAILED, f"Output cannot be judged: {_str(exc)}")
         except Raised as exc:
-            return TestResult(False, Outcome.ERROR, exception_text(exc.etype, exc.msg))
+            return TestResult(False, Status.ERROR, exception_text(exc.etype, exc.msg))
         except MemoryError:
-            return TestResult(False, Outcome.MEMORY, "MemoryError while judging the output")
+            return TestResult(False, Status.MEMORY, "MemoryError while judging the output")
         except BaseException as exc:
-            return TestResult(False, Outcome.ERROR, exception_text(type(exc).__name__, _str(exc)))
+            return TestResult(False, Status.ERROR, exception_text(type(exc).__name__, _str(exc)))
 
     def _split(self, step: SplitPlan) -> TestResult | None:
         left_raw, left = self._side(step.left)
@@ -180,9 +180,9 @@ class Judge:
         if ok:
             return None
         if step.msg is not None:
-            return TestResult(False, Outcome.FAILED, _str(eval(step.msg, self.ns)))
+            return TestResult(False, Status.FAILED, _str(eval(step.msg, self.ns)))
         shown = _show(self._decode(left_raw) if left is _UNSET else left)
-        return TestResult(False, Outcome.FAILED,
+        return TestResult(False, Status.FAILED,
                           f"Input: {step.left_src} Output: {shown} Expected: {step.right_src}")
 
     def _side(self, side: Any) -> tuple[list, Any]:

@@ -39,14 +39,16 @@ from pathlib import Path
 
 import orjson
 
+from common.errors import SandboxUnavailable
 from sandbox.cgroups import Cgroups, WorkerCgroup
 from sandbox.config import SandboxConfig
-from sandbox.protocol import (HEADER, MAX_FRAME, Hello, Outcome, ProtocolError, Reply, Request,
-                              WorkerLimits, encode_frame, from_wire, to_wire)
+from sandbox.protocol import (HEADER, MAX_FRAME, Hello, ProtocolError, Reply, WorkerLimits,
+                              encode_frame, from_wire, to_wire)
+from sandbox.records import Program, Status
 
 log = logging.getLogger(__name__)
 
-JAIL_MODULES = ("protocol.py", "values.py", "harness.py", "verdict.py", "worker.py", "confine.py",
+JAIL_MODULES = ("records.py", "protocol.py", "values.py", "harness.py", "verdict.py", "worker.py", "confine.py",
                 "zygote.py", "channel.py", "parse.py", "plan.py", "judge.py", "remote.py")
 LIB, DEPS = "/sandbox/lib", "/sandbox/deps"   # in the jail: our modules, and orjson
 BOOT = "import sys; sys.path[:0] = [{lib!r}, {deps!r}]; from sandbox.worker import main; main()"
@@ -84,7 +86,7 @@ def enforce(mechanisms: Mechanisms, require_isolation: bool) -> None:
     """Refuse a pool without a required mechanism; otherwise warn, loudly, about each one off."""
     missing = [(name, why) for name, why in mechanisms.why_missing if name in REQUIRED]
     if require_isolation and missing:
-        raise RuntimeError(
+        raise SandboxUnavailable(
             "sandbox isolation unavailable: " + "; ".join(f"{n}: {why}" for n, why in missing)
             + ". Set sandbox.require_isolation=false to run programs without "
             + ", ".join(n for n, _ in missing))
@@ -306,12 +308,12 @@ class WorkerProcess:
             raise WorkerFailure("bwrap has no child process")
         return children[0]
 
-    def call(self, request: Request, timeout_s: float) -> Reply:
+    def call(self, request: Program, timeout_s: float) -> Reply:
         """Grade one program; raises WorkerFailure if no valid reply comes within timeout_s."""
         try:
             self.send(to_wire(request))
             reply = from_wire(Reply, self.receive(time.monotonic() + timeout_s))
-            Outcome(reply.status)
+            Status(reply.status)
         except (ProtocolError, ValueError) as exc:
             raise WorkerFailure(f"bad reply: {exc}") from None
         if reply.program_id != request.program_id or len(reply.test_passed) != len(request.tests):

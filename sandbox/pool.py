@@ -1,6 +1,6 @@
 """SandboxPool: grade batches of Programs on warm, jailed worker processes.
 
-    from engine.records import Program, TestCase
+    from sandbox.records import Program, TestCase
     from sandbox.config import SandboxConfig
     from sandbox.pool import SandboxPool
 
@@ -41,10 +41,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
 
-from engine.records import Grade, Program, Status
+from sandbox.records import Grade, Program, Status, TestCase
 from sandbox.config import SandboxConfig
 from sandbox.launch import Launcher, Mechanisms, WorkerFailure, WorkerProcess
-from sandbox.protocol import Request, WireTest
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +141,7 @@ class SandboxPool:
             raise RuntimeError("SandboxPool is closed")
         return self._graders.submit(self._grade_one, program, _request(program))
 
-    def _grade_one(self, program: Program, request: Request) -> Grade:
+    def _grade_one(self, program: Program, request: Program) -> Grade:
         grade, inside = self._attempt(program, request, fresh=False)
         faulted = grade.status is Status.SANDBOX_FAULT
         if faulted:
@@ -157,7 +156,7 @@ class SandboxPool:
             self._counts["tests_inside"] += inside
         return grade
 
-    def _attempt(self, program: Program, request: Request, fresh: bool) -> tuple[Grade, int]:
+    def _attempt(self, program: Program, request: Program, fresh: bool) -> tuple[Grade, int]:
         """One grading on an idle worker (`fresh`: replace that worker first)."""
         worker = self._idle.get()
         try:
@@ -206,14 +205,15 @@ class SandboxPool:
 
 
 
-def _request(program: Program) -> Request:
-    """Check a Program where it enters the sandbox and turn it into its wire form."""
+def _request(program: Program) -> Program:
+    """Check a Program where it enters the sandbox; what goes on the wire is the record itself,
+    with plain TestCases and a float timeout (the wire decoder checks types strictly)."""
     if not isinstance(program, Program):
         raise TypeError(f"SandboxPool grades Program records, got {type(program).__name__}")
     if not program.timeout_s > 0:
         raise ValueError(f"Program {program.program_id}: timeout_s must be > 0")
-    tests = tuple(WireTest(t.source, t.call, t.expected) for t in program.tests)
-    return Request(program.program_id, program.code, program.setup, tests,
+    tests = tuple(TestCase(t.source, t.call, t.expected) for t in program.tests)
+    return Program(program.program_id, program.code, tests, program.setup,
                    float(program.timeout_s))
 
 

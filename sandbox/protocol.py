@@ -3,21 +3,22 @@
 Every message is one frame: a 4-byte big-endian length, then an orjson object. Four channels use
 it:
 
-    pool  --WorkerLimits, Request-->  worker   (worker's stdin)
+    pool  --WorkerLimits, Program-->  worker   (worker's stdin)
     pool  <--Hello, Reply--           worker   (worker's stdout)
     worker --program, operations-->   child    (a pipe per program; see harness.py)
     worker <--outputs--               child    (a pipe per program)
 
-The Request, with every test, stays in the worker: the child gets the program and the inputs
+The Program, with every test, stays in the worker: the child gets the program and the inputs
 cut out of the tests (judge.py), never an expected value.
 
-This module runs inside the jail too, so it imports only the stdlib and orjson (no `engine`).
-The records here are the wire shapes; the pool turns a Reply into an `engine.records.Grade`.
+This module runs inside the jail too, so it imports only the stdlib, orjson and sandbox.records.
+A program travels as `sandbox.records.Program` itself; a verdict as a Reply (a Grade plus what
+the pool needs: tests judged inside, whether to retire the worker), which the pool turns into a
+`sandbox.records.Grade`.
 """
 from __future__ import annotations
 
 import dataclasses
-import enum
 import os
 import struct
 from dataclasses import dataclass
@@ -25,22 +26,12 @@ from typing import Any, BinaryIO, TypeVar
 
 import orjson
 
+from sandbox.records import Program, Status, TestCase  # the interface records, shared with the host
+
 HEADER = struct.Struct(">I")   # frame length in bytes
 MAX_FRAME = 64 << 20           # bytes; a longer frame is a protocol error, not a big message
 
 W = TypeVar("W")
-
-
-class Outcome(str, enum.Enum):
-    """The jail's copy of `engine.records.Status` (the jail cannot import `engine`); same values."""
-
-    PASSED = "passed"
-    FAILED = "failed"
-    ERROR = "error"
-    TIMEOUT = "timeout"
-    MEMORY = "memory"
-    KILLED = "killed"
-    SANDBOX_FAULT = "sandbox-fault"
 
 
 class ProtocolError(Exception):
@@ -63,24 +54,6 @@ class WorkerLimits:
 
 
 @dataclass(frozen=True)
-class WireTest:
-    source: str
-    call: str | None
-    expected: str | None
-
-
-@dataclass(frozen=True)
-class Request:
-    """One program to grade; the wire twin of `engine.records.Program`."""
-
-    program_id: str
-    code: str
-    setup: str
-    tests: tuple[WireTest, ...]
-    timeout_s: float
-
-
-@dataclass(frozen=True)
 class Hello:
     """What a worker reports about itself once it is ready; the pool checks it."""
 
@@ -97,10 +70,11 @@ class Hello:
 
 @dataclass(frozen=True)
 class Reply:
-    """The worker's verdict on one Request; the wire twin of `engine.records.Grade`."""
+    """The worker's verdict on one Program: a `sandbox.records.Grade`'s fields plus two for the
+    pool."""
 
     program_id: str
-    status: str               # an `engine.records.Status` value
+    status: str               # a `sandbox.records.Status` value
     test_passed: tuple[bool, ...]
     feedback: str
     duration_s: float
@@ -198,8 +172,8 @@ def from_wire(cls: type[W], obj: Any) -> W:
     values = {}
     for name, value in obj.items():
         kind = fields[name].type
-        if kind == "tuple[WireTest, ...]":
-            value = tuple(from_wire(WireTest, t) for t in _expect(value, list, cls, name))
+        if kind == "tuple[TestCase, ...]":
+            value = tuple(from_wire(TestCase, t) for t in _expect(value, list, cls, name))
         elif kind == "tuple[bool, ...]":
             value = tuple(_expect(v, bool, cls, name) for v in _expect(value, list, cls, name))
         elif kind == "tuple[str, ...]":

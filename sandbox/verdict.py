@@ -18,14 +18,14 @@ Status, in order of precedence:
     otherwise the first failure, in order: a wrong output or failed assert -> FAILED;
     an exception -> ERROR (MemoryError -> MEMORY, SystemExit -> KILLED); none -> PASSED.
 
-Runs in the jail: stdlib only.
+Runs in the jail: stdlib and sandbox.records only.
 """
 from __future__ import annotations
 
 import signal
 from dataclasses import dataclass
 
-from sandbox.protocol import Outcome
+from sandbox.records import Status
 
 MAX_FEEDBACK = 500   # characters
 
@@ -45,7 +45,7 @@ class TestResult:
     __test__ = False        # not a pytest class
 
     passed: bool
-    status: Outcome         # when not passed: FAILED, ERROR, MEMORY, ...
+    status: Status         # when not passed: FAILED, ERROR, MEMORY, ...
     feedback: str           # when not passed: what the model is shown
 
 
@@ -65,43 +65,43 @@ class Run:
 
 @dataclass(frozen=True)
 class Verdict:
-    status: Outcome
+    status: Status
     test_passed: tuple[bool, ...]
     feedback: str
 
 
-_STOP_STATUS = {"error": Outcome.ERROR, "memory": Outcome.MEMORY, "exit": Outcome.KILLED}
+_STOP_STATUS = {"error": Status.ERROR, "memory": Status.MEMORY, "exit": Status.KILLED}
 
 
 def decide(n_tests: int, timeout_s: float, run: Run, end: ChildEnd | None,
            cpu_limit_s: int) -> Verdict:
     passed = tuple(r.passed for r in run.results) + (False,) * (n_tests - len(run.results))
     if run.corrupt is not None:
-        return Verdict(Outcome.ERROR, (False,) * n_tests,
+        return Verdict(Status.ERROR, (False,) * n_tests,
                        _trim(f"Result channel corrupted: {run.corrupt}"))
     if not run.started:   # "start" is sent before any program code runs
         how = "did not start" if end is None else _how(end)
-        return Verdict(Outcome.SANDBOX_FAULT, passed, f"Sandbox harness {how} before the program ran")
+        return Verdict(Status.SANDBOX_FAULT, passed, f"Sandbox harness {how} before the program ran")
     if end is None or run.zygote_lost:
-        return Verdict(Outcome.KILLED, passed, "The program killed the sandbox's fork server")
+        return Verdict(Status.KILLED, passed, "The program killed the sandbox's fork server")
     how = _how(end)
     if run.timed_out or end.timed_out:
-        return Verdict(Outcome.TIMEOUT, passed, f"Timeout: took longer than {timeout_s:g} s")
+        return Verdict(Status.TIMEOUT, passed, f"Timeout: took longer than {timeout_s:g} s")
     if end.signal == signal.SIGXCPU or (end.signal == signal.SIGKILL and end.cpu_s >= cpu_limit_s):
-        return Verdict(Outcome.TIMEOUT, passed, f"Timeout: used more than {cpu_limit_s} s of CPU")
+        return Verdict(Status.TIMEOUT, passed, f"Timeout: used more than {cpu_limit_s} s of CPU")
     if run.stop is not None and run.stop["stage"] == "program":
         return Verdict(_STOP_STATUS[run.stop["kind"]], passed, _trim(_stop_text(run.stop)))
     if not run.done or end.exit_code != 0:
         when = "after" if run.done else "before"
-        return Verdict(Outcome.KILLED, passed, f"Program {how} {when} the tests finished")
+        return Verdict(Status.KILLED, passed, f"Program {how} {when} the tests finished")
     for result in run.results:
         if not result.passed:
             return Verdict(result.status, passed, _trim(result.feedback))
     if run.stop is not None:
         return Verdict(_STOP_STATUS[run.stop["kind"]], passed, _trim(_stop_text(run.stop)))
     if len(run.results) != n_tests:   # cannot happen without a stop; never a pass
-        return Verdict(Outcome.ERROR, passed, "Not every test was judged")
-    return Verdict(Outcome.PASSED, passed, "")
+        return Verdict(Status.ERROR, passed, "Not every test was judged")
+    return Verdict(Status.PASSED, passed, "")
 
 
 def _how(end: ChildEnd) -> str:

@@ -13,7 +13,7 @@ unprivileged uid/gid, makes the programs' working directory (`/tmp/program`, kep
 worker's life and emptied after each program), probes both mechanisms in throwaway children,
 starts the zygote (zygote.py) before it has read a single test, says Hello (which reports what
 works), has the zygote fork a child that confines itself and waits for a program (harness.py),
-then loops: read a Request frame, send that child the program, judge every test here while the
+then loops: read a Program frame, send that child the program, judge every test here while the
 child computes what the tests ask of the program (judge.py), decide the verdict (verdict.py), write
 a Reply, wait for the child to end (the zygote kills and reaps everything it left behind; a child
 that answered everything is waited for after the reply), wipe the scratch directory, and have
@@ -44,8 +44,9 @@ from sandbox import harness
 from sandbox.channel import Channel
 from sandbox.confine import Confinement
 from sandbox.judge import Judge
-from sandbox.protocol import (Hello, Outcome, Reply, Request, WorkerLimits, from_wire, read_frame,
-                              to_wire, write_frame)
+from sandbox.protocol import (Hello, Reply, WorkerLimits, from_wire, read_frame, to_wire,
+                              write_frame)
+from sandbox.records import Program, Status
 from sandbox.verdict import ChildEnd, decide
 from sandbox.zygote import Zygote
 
@@ -89,7 +90,7 @@ def main() -> None:
     write_frame(replies, to_wire(_hello(confinement)))
     channel = None   # the first child waits for the first request: the pool has then put us
     while (frame := read_frame(requests)) is not None:   # (and the zygote) in our cgroup
-        request = from_wire(Request, frame)
+        request = from_wire(Program, frame)
         channel = channel or Channel(zygote, output_cap)
         reply = grade(request, limits, scratch, workdir, channel)
         write_frame(replies, to_wire(reply))
@@ -101,7 +102,7 @@ def main() -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def grade(request: Request, limits: WorkerLimits, scratch: str, workdir: str,
+def grade(request: Program, limits: WorkerLimits, scratch: str, workdir: str,
           channel: Channel) -> Reply:
     """Judge one program while its child computes; leaves no process or file behind."""
     started = time.monotonic()
@@ -117,7 +118,7 @@ def grade(request: Request, limits: WorkerLimits, scratch: str, workdir: str,
     duration = time.monotonic() - started
     verdict = decide(len(request.tests), request.timeout_s, run, end, limits.cpu_s)
     feedback = verdict.feedback
-    if verdict.status is Outcome.KILLED and channel.output:
+    if verdict.status is Status.KILLED and channel.output:
         tail = bytes(channel.output[-200:]).decode("utf-8", "backslashreplace").strip()
         feedback = f"{feedback}; last output: {tail}"[:500]
     return Reply(request.program_id, verdict.status.value, verdict.test_passed, feedback,

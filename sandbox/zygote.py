@@ -1,10 +1,10 @@
 """The zygote: the process that forks each program's child, so that no child starts as a copy of
 memory that ever held a test, an expected value or another program.
 
-The worker reads every Request (with its tests) and judges it; a child forked from the worker
+The worker reads every Program (with its tests) and judges it; a child forked from the worker
 would inherit all of that, stale pages included, where a program could find it (gc, frames,
 /proc/self/mem). So the worker forks the zygote once, right after it is set up and before it
-reads any Request, and the zygote only ever receives three pipe ends per program:
+reads any Program, and the zygote only ever receives three pipe ends per program:
 
     worker (pid 1, judges) --socketpair--> zygote --fork--> child (confines itself, runs the
                                                             program: harness.py)
@@ -52,7 +52,7 @@ class Zygote:
     @classmethod
     def start(cls, limits: WorkerLimits, setup: harness.ChildSetup, isolated: bool,
               close_fds: tuple[int, ...]) -> Zygote:
-        """Fork the zygote; call before any Request is read. `close_fds`: the pool's pipes."""
+        """Fork the zygote; call before any Program is read. `close_fds`: the pool's pipes."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         worker = os.getpid()
         pid = os.fork()

@@ -47,3 +47,36 @@ def test_greedy_with_several_samples_is_refused():
     with pytest.raises(ValueError, match="student.samples: greedy"):
         parse(["--student.samples", "2"])
     assert parse(["--student.samples", "2", "--student.temperature", "0.8"]).student.samples == 2
+
+
+def test_configs_round_trip_through_toml(tmp_path):
+    """The engine hands the trainer its settings as a TOML file (train never imports engine)."""
+    from common.config import dump_toml, load_toml
+    from train.config import TrainConfig
+
+    for cfg in (RunConfig(), TrainConfig(lr=1e-4, target_modules=("q_proj",),
+                                         init_adapter='odd "path"\\x')):
+        path = tmp_path / "c.toml"
+        path.write_text(dump_toml(cfg))
+        assert load_toml(path, type(cfg)) == cfg
+    path.write_text("rank = 'sixteen'\n")
+    with pytest.raises(ValueError, match=r"c\.toml: rank: cannot use 'sixteen' as int"):
+        load_toml(path, TrainConfig)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-m", "engine.evaluate", "--tasks", "/no/such/tasks.jsonl", "--model", "/no/such/model"],
+     "error: task file /no/such/tasks.jsonl does not exist"),
+    (["-m", "train.lora", "--data", "/no/such.jsonl", "--model", "m", "--out", "/tmp/x"],
+     "error: --data: /no/such.jsonl does not exist"),
+    (["-m", "train.lora", "--data", "d", "--model", "m", "--out", "o", "--rank", "x"],
+     "error: rank: cannot use 'x' as int"),
+])
+def test_user_errors_are_one_line_and_exit_2(argv, message):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == message
+    assert "Traceback" not in proc.stderr

@@ -33,7 +33,7 @@ from sandbox.config import SandboxConfig
 from sandbox.confine import ARCHES, DENIED, seccomp_program
 from sandbox.launch import Mechanisms, enforce
 from sandbox.pool import SandboxPool
-from sandbox.protocol import Outcome
+from sandbox.records import Status
 from sandbox.values import encode, equal
 from sandbox.verdict import ChildEnd, Run, TestResult, decide
 
@@ -584,7 +584,7 @@ def test_strict_equality(output, expected, same):
 
 
 def test_verdict_needs_start_done_and_a_clean_exit():
-    ok, wrong = TestResult(True, Outcome.PASSED, ""), TestResult(False, Outcome.FAILED, "no")
+    ok, wrong = TestResult(True, Status.PASSED, ""), TestResult(False, Status.FAILED, "no")
     clean = ChildEnd(exit_code=0, signal=None, timed_out=False, cpu_s=0.0)
     good = Run((ok, ok), started=True, done=True, stop=None, corrupt=None, timed_out=False,
                zygote_lost=False)
@@ -592,26 +592,33 @@ def test_verdict_needs_start_done_and_a_clean_exit():
     def status(end=clean, **changes):
         return decide(2, 1.0, dataclasses.replace(good, **changes), end, 30).status
 
-    assert status() is Outcome.PASSED
-    assert status(results=(ok, wrong)) is Outcome.FAILED
-    assert status(results=(ok,)) is Outcome.ERROR                   # a test never judged
-    assert status(corrupt="x") is Outcome.ERROR
-    assert status(started=False) is Outcome.SANDBOX_FAULT           # never started
-    assert status(done=False) is Outcome.KILLED                     # no done
-    assert status(timed_out=True) is Outcome.TIMEOUT
-    assert status(zygote_lost=True) is Outcome.KILLED
-    assert status(end=None) is Outcome.KILLED
+    assert status() is Status.PASSED
+    assert status(results=(ok, wrong)) is Status.FAILED
+    assert status(results=(ok,)) is Status.ERROR                   # a test never judged
+    assert status(corrupt="x") is Status.ERROR
+    assert status(started=False) is Status.SANDBOX_FAULT           # never started
+    assert status(done=False) is Status.KILLED                     # no done
+    assert status(timed_out=True) is Status.TIMEOUT
+    assert status(zygote_lost=True) is Status.KILLED
+    assert status(end=None) is Status.KILLED
     crashed = ChildEnd(exit_code=None, signal=signal.SIGSEGV, timed_out=False, cpu_s=0.0)
-    assert status(end=crashed) is Outcome.KILLED
-    assert status(end=dataclasses.replace(clean, exit_code=3)) is Outcome.KILLED
+    assert status(end=crashed) is Status.KILLED
+    assert status(end=dataclasses.replace(clean, exit_code=3)) is Status.KILLED
     cpu = ChildEnd(exit_code=None, signal=signal.SIGKILL, timed_out=False, cpu_s=31.0)
-    assert status(end=cpu) is Outcome.TIMEOUT
+    assert status(end=cpu) is Status.TIMEOUT
     stop = {"stage": "test", "kind": "memory", "etype": "MemoryError", "msg": ""}
-    assert status(results=(ok,), stop=stop) is Outcome.MEMORY
+    assert status(results=(ok,), stop=stop) is Status.MEMORY
 
 
-def test_outcome_mirrors_status():
-    assert [o.value for o in Outcome] == [s.value for s in Status]
+def test_the_jail_and_the_engine_share_one_status():
+    """One record, no twin: the jail imports sandbox.records itself, and the engine re-exports it."""
+    import engine.records
+    import sandbox.protocol
+    from sandbox.launch import JAIL_MODULES
+
+    assert engine.records.Status is Status is sandbox.protocol.Status
+    assert engine.records.Program is sandbox.protocol.Program
+    assert "records.py" in JAIL_MODULES
 
 
 def test_config_rejects_bad_values():

@@ -186,3 +186,24 @@ def test_the_watchdog_spares_the_driver_and_what_it_did_not_start():
     before.kill()
     before.wait()
     assert "PERSD_RUN_TOKEN" not in os.environ
+
+
+def test_fingerprints_are_stable_across_versions():
+    """A run directory made by an earlier version resumes without recomputing: the fingerprints
+    of a grade and of a sample request are pinned (values computed at d46f5dd, before records
+    moved into sandbox/records.py). A change to what they hash must be deliberate: it makes
+    every existing run recompute, so it changes these values in the same commit."""
+    from engine import stages
+    from engine.records import Task, TestCase
+    from sandbox.config import SandboxConfig
+
+    t = Task("demo/1", "def add(a, b):\n    \"\"\"Add.\"\"\"\n", "add",
+             (TestCase("assert add(2, 3) == 5", "add(2, 3)", "5"),),
+             reference="def add(a, b):\n    return a + b\n")
+    cfg = SandboxConfig(workers=1)
+    prog = stages.program(cfg, "p", t, "def add(a, b):\n    return a - b\n")
+    assert stages.program_fingerprint(cfg, prog) == "9ef1e299bf8702d4013035766c276328"
+    [req] = stages.sample_requests(stages.task_jobs([t]), n=1, temperature=0.0, top_p=0.95,
+                                   max_tokens=64, seed=0, prompt_format="chat")
+    assert fingerprint("attempt", "model", None, {"dtype": "bfloat16"}, req) == \
+        "e8dc5591144b813ceb1c7c88e20b8be6"

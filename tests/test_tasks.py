@@ -106,3 +106,46 @@ def test_plain_prompt_shows_seen_tests_as_examples(tmp_path):
                                 TestCase("assert abs(f(0)) < 1"))
     assert shown.seen_tests == shown.tests[:1]   # the default, the first test, is in the prompt
     assert unshown.seen_tests == ()              # the first test is not: nothing is seen
+
+
+def test_specs_join_with_plus_and_select_id_ranges(shared_data):
+    path = shared_data / "mbpp.jsonl"
+    pool = load_tasks(f"builtin+mbpp-ids:511-974:{path}")
+    builtin = load_tasks("builtin")
+    assert pool[:len(builtin)] == builtin                      # in the order given
+    ids = [int(t.task_id.split("/")[1]) for t in pool[len(builtin):]]
+    assert len(ids) == 464 and min(ids) == 511 and max(ids) == 974
+    assert load_tasks(f"builtin+mbpp-ids:511-974:{path}", limit=5) == builtin[:5]
+    assert load_tasks(f"mbpp-ids:11-510:{path}") == load_tasks(f"mbpp-test:{path}")
+    with pytest.raises(ValueError, match="is in both"):
+        load_tasks(f"mbpp-ids:11-20:{path}+mbpp-ids:15-30:{path}")
+    with pytest.raises(ValueError, match="expected mbpp-ids:LO-HI:PATH"):
+        load_tasks(f"mbpp-ids:511:{path}")
+    with pytest.raises(ValueError, match="no task has an id in 2000-3000"):
+        load_tasks(f"mbpp-ids:2000-3000:{path}")
+
+
+def test_decontamination_drops_pool_tasks_sharing_a_13_gram(shared_data):
+    from engine.overlap import decontaminate, find_overlaps, load_pool
+    from engine.records import Task
+
+    path = shared_data / "mbpp.jsonl"
+    evalset = load_tasks(f"mbpp-test:{path}", verify_seen=False)
+    # MBPP/602 restates MBPP/217 ("a python function to find the first repeated character in a
+    # given string"): a near-copy the check must catch
+    pool = load_tasks(f"mbpp-ids:600-610:{path}", verify_seen=False)
+    found = {o.train_id: o for o in find_overlaps(pool, evalset)}
+    assert found["MBPP/602"].eval_id == "MBPP/217"
+    assert "first repeated character" in found["MBPP/602"].ngram
+    kept, report = decontaminate(pool, evalset)
+    assert "MBPP/602" not in {t.task_id for t in kept}
+    assert report["dropped"] == len(found) == len(pool) - len(kept)
+    # twelve shared words are not enough; thirteen are
+    words = " ".join(f"w{i}" for i in range(13))
+    a = Task("a/1", f"def f():\n    '''{words}'''\n", "f", ())
+    b = Task("b/1", f"def g():\n    '''{words[:-4]} other'''\n", "g", ())
+    assert find_overlaps([a], [b]) == [] and len(find_overlaps([a], [a])) == 1
+    # the pool is cut to its limit after the check, so the run still gets `limit` tasks
+    cut, rep = load_pool(f"mbpp-ids:600-610:{path}", 5, f"mbpp-test:{path}")
+    assert len(cut) == 5 and "MBPP/602" not in {t.task_id for t in cut}
+    assert rep["dropped"] == report["dropped"]

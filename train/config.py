@@ -6,12 +6,9 @@ that fits HumanEval-size prompts plus one function.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-
-def _f(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+from common.config import setting as _f
 
 
 @dataclass(frozen=True)

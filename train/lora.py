@@ -24,11 +24,12 @@ from pathlib import Path
 
 import orjson
 
+from common.errors import PersdError
 from train.config import TrainConfig
 
 
-class DataError(ValueError):
-    pass
+class DataError(PersdError, ValueError):
+    """A training data file that cannot be used (names the file and line)."""
 
 
 def load_examples(path: Path) -> list[dict]:
@@ -265,21 +266,22 @@ def train(data: Path, model_path: str, out: Path, cfg: TrainConfig) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from engine.config import add_config_args, config_from_args
+    from common.config import add_config_args, config_from_args
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data", required=True, help="prompt/completion JSONL")
     ap.add_argument("--model", required=True, help="base model directory")
     ap.add_argument("--out", required=True, help="output directory (adapter/ lands inside)")
-    add_config_args(ap, TrainConfig)
+    add_config_args(ap, TrainConfig)   # --config train.toml (what the engine writes), then flags
     args = ap.parse_args(argv)
-    cfg = config_from_args(args, TrainConfig)
-    if not Path(args.data).exists():
-        raise SystemExit(f"--data: {args.data} does not exist")
     try:
+        cfg = config_from_args(args, TrainConfig)
+        if not Path(args.data).exists():
+            raise DataError(f"--data: {args.data} does not exist")
         print(train(Path(args.data), args.model, Path(args.out), cfg))
-    except DataError as e:
-        raise SystemExit(f"error: {e}") from None
+    except PersdError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":
