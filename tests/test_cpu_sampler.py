@@ -1,5 +1,5 @@
-"""The sort-free top-p sampler (engine/cpu_sampler.py) against vLLM's own top-p, and its
-environment (engine/cpu_env.py)."""
+"""The sort-free top-p sampler (engine/student/cpu_sampler.py) against vLLM's own top-p, and its
+environment (engine/student/cpu_env.py)."""
 from __future__ import annotations
 
 import os
@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from engine import cpu_env, cpu_sampler
+from engine.student import cpu_env, cpu_sampler
 from engine.student import GenRequest
 
 

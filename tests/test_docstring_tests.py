@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from engine.docstring_tests import docstring_examples, format_examples, verify_seen_tests
+from engine.tasks.docstring_tests import docstring_examples, format_examples, verify_seen_tests
 from engine.prompts import program_code
 from engine.records import Program, Task, TestCase
 from engine.tasks import load_file, load_tasks

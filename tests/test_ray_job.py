@@ -14,7 +14,7 @@ import pytest
 
 from engine.records import EvalResult
 from engine.store import RunStore
-from engine.server import free_port
+from engine.teacher.server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,7 +44,7 @@ def ray_head():
 def test_ray_job_submit_runs_an_evaluation(ray_head, tiny_model, tmp_path):
     ray, address, env = ray_head
     tasks = tmp_path / "tasks.jsonl"
-    tasks.write_bytes(b"\n".join((ROOT / "engine/data/tasks.jsonl").read_bytes().splitlines()[:2]))
+    tasks.write_bytes(b"\n".join((ROOT / "engine/tasks/data/tasks.jsonl").read_bytes().splitlines()[:2]))
     out = tmp_path / "eval"
     cmd = [ray, "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
            sys.executable, "-m", "engine.evaluate", "--model", str(tiny_model), "--tasks", str(tasks),

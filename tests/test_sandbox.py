@@ -33,7 +33,6 @@ from sandbox.config import SandboxConfig
 from sandbox.confine import ARCHES, DENIED, seccomp_program
 from sandbox.launch import Mechanisms, enforce
 from sandbox.pool import SandboxPool
-from sandbox.records import Status
 from sandbox.values import encode, equal
 from sandbox.verdict import ChildEnd, Run, TestResult, decide
 

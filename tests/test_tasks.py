@@ -4,7 +4,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from engine.docstring_tests import docstring_examples
+from engine.tasks.docstring_tests import docstring_examples
 from engine.prompts import task_message
 from engine.records import TestCase
 from engine.tasks import (TaskFileError, assert_to_test, load_file, load_tasks, shown_in,
@@ -126,7 +126,7 @@ def test_specs_join_with_plus_and_select_id_ranges(shared_data):
 
 
 def test_decontamination_drops_pool_tasks_sharing_a_13_gram(shared_data):
-    from engine.overlap import decontaminate, find_overlaps, load_pool
+    from engine.tasks.overlap import decontaminate, find_overlaps, load_pool
     from engine.records import Task
 
     path = shared_data / "mbpp.jsonl"

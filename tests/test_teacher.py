@@ -12,7 +12,7 @@ from engine import prompts, stages
 from engine.config import TeacherConfig
 from engine.prompts import extract_code
 from engine.records import Attempt, Grade, Refinement, Status
-from engine.server import LocalServer, free_port
+from engine.teacher.server import LocalServer, free_port
 from engine.tasks import BUILTIN_PATH, load_file
 from engine.teacher import Teacher, TeacherUnreachable
 from tests.faulty_server import FaultyServer
@@ -80,7 +80,7 @@ def test_refine_stage_ids_samples_and_second_round(tmp_path):
         teacher = Teacher(TeacherConfig(timeout_s=1.0), server.url, "m", tmp_path / "c.jsonl")
         jobs = stages.first_round_jobs([att], {task.task_id: task}, {att.attempt_id: grade},
                                        "refine-feedback", samples=3)
-        refs = stages.refine(teacher, jobs)
+        refs = stages.ask_teacher(teacher, jobs)
         assert [r.refinement_id for r in refs] == [f"{att.attempt_id}>r0.{j}" for j in range(3)]
         assert [r.prompt_tokens for r in refs] == [100, 0, 0]  # the bill rides on sample 0
         assert all(r.attempt_id == att.attempt_id and r.template == "refine-feedback"
@@ -98,11 +98,11 @@ def test_refine_stage_ids_samples_and_second_round(tmp_path):
         assert [j.job_id for j in second] == [f"{att.attempt_id}>r1.{j}" for j in range(3)]
         assert second[1].code == "def f(): return 1\n"
         assert second[1].feedback == f"error of {att.attempt_id}>r0.1"
-        refs2 = stages.refine(teacher, second)
+        refs2 = stages.ask_teacher(teacher, second)
         assert [r.refinement_id for r in refs2] == [j.job_id for j in second]
         asked = server.requests[-1].key
         assert "error of" in asked and "def f(): return 1" in asked  # its own code and error
-        [stand] = stages.refine(teacher, stages.stand_jobs([task]), stage="stand")
+        [stand] = stages.ask_teacher(teacher, stages.stand_jobs([task]), stage="stand")
     assert (stand.refinement_id, stand.attempt_id, stand.template) == (
         f"{task.task_id}>stand", None, "answer")
     assert {k: u.requests for k, u in teacher.usage.items()} == {"refine": 4, "stand": 1}
@@ -186,7 +186,7 @@ def test_an_unchanged_refinement_is_counted_and_never_asked_again_the_same_way(t
                           tmp_path / "c.jsonl")
         jobs = stages.first_round_jobs([att], {task.task_id: task}, {att.attempt_id: grade},
                                        "refine-feedback", 1)
-        [ref] = stages.refine(teacher, jobs)
+        [ref] = stages.ask_teacher(teacher, jobs)
         assert ref.unchanged and ref.code is not None
         failed = Grade(ref.refinement_id, Status.FAILED, (False,), grade.feedback, 0.0)
         [again] = stages.next_round_jobs(jobs, {ref.refinement_id: ref},
@@ -197,7 +197,7 @@ def test_an_unchanged_refinement_is_counted_and_never_asked_again_the_same_way(t
             j.template, task, j.code, j.feedback) for j in (again,)], 1, again.extra) != \
             teacher.cache_key(prompts.teacher_messages(
                 jobs[0].template, task, jobs[0].code, jobs[0].feedback), 1)
-        stages.refine(teacher, [again])
+        stages.ask_teacher(teacher, [again])
         first, second = server.requests
         assert first["temperature"] == 0.0 and second["temperature"] == 0.7
         assert second["seed"] == 1 and first["messages"] == second["messages"]

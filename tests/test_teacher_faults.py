@@ -17,8 +17,8 @@ import orjson
 import pytest
 
 from engine.config import TeacherConfig
-from engine.cache import ResponseCache
-from engine.limits import Slots, TokenBucket
+from engine.teacher.cache import ResponseCache
+from engine.teacher.limits import Slots, TokenBucket
 from engine.teacher import (Failure, Teacher, TeacherUnreachable,
                             prices, retry_after_s)
 from tests.faulty_server import Fault, FaultyServer, Kind, key_of
@@ -182,7 +182,7 @@ def cache_lines_safe(path: Path) -> list[bytes]:
 WRITER = """
 import sys
 from pathlib import Path
-from engine.cache import ResponseCache
+from engine.teacher.cache import ResponseCache
 cache = ResponseCache(Path(sys.argv[1]))
 for i in range(300):
     cache.put({"key": f"{sys.argv[2]}-{i}", "texts": ["x" * 2000], "prompt_tokens": 1,

@@ -9,7 +9,7 @@ top-p 0.95, per-request seeds, 128 tokens, eager; benchmarks/bench_inference.py 
 | vLLM default: `VLLM_CPU_OMP_THREADS_BIND=auto` (1 core for the model, 1 reserved), libgomp | 56 | |
 | the model bound to both cores (`0-1`) | 82 | |
 | + tcmalloc and Intel OpenMP preloaded (vLLM's CPU guide) | 98 | 106 |
-| + the sort-free top-p sampler (engine/cpu_sampler.py) | | 305 |
+| + the sort-free top-p sampler (engine/student/cpu_sampler.py) | | 305 |
 
 `auto` leaves half of a 2-core machine to vLLM's scheduler process, which sleeps most of the
 time; binding every core to the model's OpenMP threads wins even though the scheduler then

@@ -19,7 +19,7 @@ the call must be to the entry point by name, or to the one other name a docstrin
 (a typo: HumanEval/81, /149). Docstrings have typos, so `verify_seen_tests` grades
 each task's reference solution against its examples in the sandbox and keeps only those it passes.
 
-    python -m engine.docstring_tests humaneval   # how many tasks have seen tests, and which not
+    python -m engine.tasks.docstring_tests humaneval   # how many tasks have seen tests, and which not
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ The format is detected from the first record's keys, so `--data.train_tasks some
 | plain     | task_id, entry_point, tests, and prompt or signature | `tests` (asserts or call/expected) |
 
 Seen tests (the only ones multi-step feedback may come from) are always tests the prompt shows:
-HumanEval's docstring examples (engine/docstring_tests.py; those the canonical solution fails are
+HumanEval's docstring examples (engine/tasks/docstring_tests.py; those the canonical solution fails are
 dropped), MBPP's first test (written into the prompt), and the plain format's `seen_tests`
 (default: the first test), which become the docstring's examples; a ready `prompt` must show them.
 
@@ -33,7 +33,7 @@ from typing import Iterable, Iterator
 import orjson
 
 from common.errors import MissingFile, TaskFileError
-from engine.docstring_tests import docstring_examples, format_examples, verify_seen_tests
+from engine.tasks.docstring_tests import docstring_examples, format_examples, verify_seen_tests
 from engine.records import Task, TestCase
 
 BUILTIN_PATH = Path(__file__).parent / "data" / "tasks.jsonl"

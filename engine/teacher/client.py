@@ -38,9 +38,9 @@ import orjson
 
 from common.errors import TeacherUnreachable  # noqa: F401 (raised here; callers catch it)
 from engine import faults
-from engine.cache import ResponseCache
+from engine.teacher.cache import ResponseCache
 from engine.config import TeacherConfig
-from engine.limits import Slots, TokenBucket
+from engine.teacher.limits import Slots, TokenBucket
 
 # USD per 1M (prompt, completion) tokens, list prices in 2025. A dated snapshot such as
 # gpt-4o-mini-2024-07-18 takes its family's price (longest matching prefix); any other model (local

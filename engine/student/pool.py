@@ -43,7 +43,7 @@ class GenOutput:
 
 
 def _actor_env(cfg: StudentConfig) -> dict[str, str]:
-    from engine.cpu_env import vllm_cpu_env
+    from engine.student.cpu_env import vllm_cpu_env
 
     return {**vllm_cpu_env(cfg.cpu_threads, cfg.kv_cache_gb, cfg.preload),
             # Ray sets 1 for a 1-CPU actor; vLLM needs the cores

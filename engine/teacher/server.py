@@ -16,7 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from engine.cpu_env import vllm_cpu_env
+from engine.student.cpu_env import vllm_cpu_env
 
 
 def free_port() -> int:

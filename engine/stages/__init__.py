@@ -1,0 +1,24 @@
+"""The stages of one distillation pass, each a function on batches of typed records, each
+resumable through the run store:
+
+    attempt.py   1  the student samples code for every prompt (also pass@k sampling)
+    grade.py     2  the sandbox grades attempts against the task's tests
+    refine.py    3-4  the teacher rectifies the failures, in rounds; refinements are verified
+    datasets.py  5  PersD, PersD-refine, PersD-combined, StanD, InpD, and personalisation
+
+`engine/distill.py` runs them in order; `engine/evaluate.py` reuses attempt + grade for pass@k;
+`engine/online.py` runs them again per online round.
+"""
+from engine.stages.attempt import (SampleJob, attempt_stage, refine_job, request_seed, sample,
+                                   sample_requests, task_jobs)
+from engine.stages.datasets import (build_datasets, matched_stand, one_per_attempt,
+                                    personalisation)
+from engine.stages.grade import grade, grade_stage, program, program_fingerprint
+from engine.stages.refine import (TeacherJob, ask_teacher, first_round_jobs, next_round_jobs,
+                                  refine_rounds, refine_stage, stand_jobs, verify_stage)
+
+__all__ = ["SampleJob", "attempt_stage", "refine_job", "request_seed", "sample",
+           "sample_requests", "task_jobs", "build_datasets", "matched_stand", "one_per_attempt",
+           "personalisation", "grade", "grade_stage", "program", "program_fingerprint",
+           "TeacherJob", "ask_teacher", "first_round_jobs", "next_round_jobs", "refine_rounds",
+           "refine_stage", "stand_jobs", "verify_stage"]

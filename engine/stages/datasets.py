@@ -1,0 +1,116 @@
+"""Stage 5, datasets: PersD, PersD-refine, PersD-combined, StanD (and its matched-budget cut) and
+InpD from the verified refinements, and how personal each example's target is."""
+from __future__ import annotations
+
+import zlib
+from typing import Sequence
+
+from engine import personal, prompts
+from engine.records import Attempt, Example, Grade, Refinement, Task
+
+def one_per_attempt(refinements: Sequence[Refinement], verified: dict[str, Grade],
+                    attempts: dict[str, Attempt], keep: str = "closest") -> list[Refinement]:
+    """What `build_datasets` should see. Of the passing refinements of one attempt (several
+    samples or rounds) `closest` keeps the one most similar to the student's own attempt (the
+    most personal target; ties: the first), so no attempt is over-weighted; `all` keeps all."""
+    best: dict[str, tuple[float, int]] = {}
+    for i, r in enumerate(refinements):
+        v = verified.get(r.refinement_id)
+        if r.attempt_id is not None and v is not None and v.passed and r.code is not None:
+            sim = personal.similarity(attempts[r.attempt_id].code, r.code).text
+            if r.attempt_id not in best or sim > best[r.attempt_id][0]:
+                best[r.attempt_id] = (sim, i)
+    chosen = {i for _, i in best.values()}
+    out = []
+    for i, r in enumerate(refinements):
+        v = verified.get(r.refinement_id)
+        passing = r.attempt_id is not None and v is not None and v.passed
+        if passing and keep == "closest" and i not in chosen:
+            continue
+        out.append(r)
+    return out
+
+
+def matched_stand(stand: Sequence[Example], size: int, seed: int = 0) -> list[Example]:
+    """StanD cut to `size` examples (the paper's matched-budget baseline: as many examples as
+    PersD), chosen by a stable hash of the task id so the choice is the same in every run."""
+    order = sorted(stand, key=lambda e: zlib.crc32(f"{seed}:{e.task_id}".encode()))
+    return sorted(order[:size], key=lambda e: e.example_id)
+
+
+
+def _answer(code: str) -> tuple[dict[str, str], ...]:
+    return ({"role": "assistant", "content": f"```python\n{code.rstrip()}\n```"},)
+
+
+def build_datasets(tasks: dict[str, Task], attempts: dict[str, Attempt], grades: dict[str, Grade],
+                   refinements: Sequence[Refinement], verified: dict[str, Grade]
+                   ) -> dict[str, list[Example]]:
+    """PersD, PersD-refine, PersD-combined, StanD and InpD, in TRL's prompt-completion format.
+
+    Only refinements whose verification passed are used; one example per (task, source) so a task
+    with several passing refinements is not over-weighted.
+    """
+    persd, refine_ex, stand, inpd = [], [], [], []
+    seen_persd: set[str] = set()
+    for r in refinements:
+        v = verified.get(r.refinement_id)
+        if r.code is None or v is None or not v.passed:
+            continue
+        task = tasks[r.task_id]
+        user = ({"role": "user", "content": prompts.task_message(task)},)
+        if r.attempt_id is None:
+            stand.append(Example(f"{r.refinement_id}", task.task_id, "stand", user, _answer(r.code)))
+            continue
+        att = attempts[r.attempt_id]
+        if task.task_id not in seen_persd:
+            seen_persd.add(task.task_id)
+            persd.append(Example(f"{r.refinement_id}:persd", task.task_id, "persd", user,
+                                 _answer(r.code)))
+        feedback = grades[att.attempt_id].feedback
+        refine_user = ({"role": "user",
+                        "content": prompts.refine_message(task, att.code or att.completion, feedback)},)
+        refine_ex.append(Example(f"{r.refinement_id}:refine", task.task_id, "persd-refine",
+                                 refine_user, _answer(r.code)))
+    failed_tasks = {a.task_id for a in attempts.values() if not grades[a.attempt_id].passed}
+    for tid in sorted(failed_tasks):
+        task = tasks[tid]
+        if task.reference:
+            inpd.append(Example(f"{tid}>ref:inpd", tid, "inpd",
+                                ({"role": "user", "content": prompts.task_message(task)},),
+                                _answer(task.reference)))
+    return {"persd": persd, "persd-refine": refine_ex, "persd-combined": persd + refine_ex,
+            "stand": stand, "stand-matched": matched_stand(stand, len(persd)), "inpd": inpd}
+
+
+def personalisation(datasets: dict[str, list[Example]], attempts: dict[str, Attempt],
+                    grades: dict[str, Grade], tasks: dict[str, Task]
+                    ) -> list[personal.Personalisation]:
+    """Each example's target against the student's attempt it stands for: a refinement's own
+    attempt; for task-level examples (StanD, InpD) the task's first failed attempt."""
+    first_failed: dict[str, Attempt] = {}
+    for a in attempts.values():
+        if not grades[a.attempt_id].passed:
+            first_failed.setdefault(a.task_id, a)
+    stand = {e.task_id: _code(e) for e in datasets["stand"]}
+    rows = []
+    for kind in ("persd", "persd-refine", "stand", "inpd"):
+        for e in datasets[kind]:
+            if kind.startswith("persd"):
+                att = attempts.get(e.example_id.split(">r", 1)[0])
+            else:
+                att = first_failed.get(e.task_id)
+            if att is None:
+                continue
+            ref = tasks[e.task_id].reference
+            rows.append(personal.Personalisation(
+                e.example_id, e.task_id, kind, personal.similarity(att.code, _code(e)),
+                personal.similarity(att.code, stand[e.task_id]) if e.task_id in stand else None,
+                personal.similarity(att.code, ref) if ref else None))
+    return rows
+
+
+def _code(e: Example) -> str:
+    """The code of an example's completion (`_answer` wraps it in one fence)."""
+    text = e.completion[0]["content"]
+    return text.removeprefix("```python\n").removesuffix("\n```")

@@ -1,0 +1,40 @@
+"""Stage 2, grade: programs built from a task and a solution, graded in the sandbox pool through
+the run store (a grade is reused while the program, its tests and the limits are unchanged)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+from engine import prompts
+from engine.records import Grade, Program, Task
+from engine.store import RunStore, fingerprint
+
+def program(sandbox_cfg, pid: str, task: Task, code: str, seen_only: bool = False) -> Program:
+    """The program that grades `code` against the task's hidden (or seen) tests, with the
+    sandbox's configured wall-clock limit."""
+    return Program(pid, prompts.program_code(task, code),
+                   task.seen_tests if seen_only else task.tests, task.setup, sandbox_cfg.timeout_s)
+
+
+def program_fingerprint(sandbox_cfg, prog: Program) -> str:
+    """What decides a verdict: the program, its tests, and the limits it runs under."""
+    limits = {k: v for k, v in dataclasses.asdict(sandbox_cfg).items()
+              if k not in ("workers", "bwrap", "require_isolation")}
+    return fingerprint("grade", dataclasses.replace(prog, program_id=""), limits)
+
+
+def grade(sandbox, pairs: Sequence[tuple[str, Task, str]], seen_only: bool = False
+          ) -> list[Grade]:
+    """Grade (program_id, task, solution code) triples in the sandbox pool."""
+    return sandbox.grade([program(sandbox.config, pid, t, code, seen_only)
+                          for pid, t, code in pairs])
+
+
+def grade_stage(store: RunStore, name: str, sandbox, items: Sequence[tuple[str, Task, str]],
+                seen_only: bool = False) -> dict[str, Grade]:
+    """Grade (program_id, task, code) triples through the store; program id -> Grade."""
+    progs = {pid: program(sandbox.config, pid, t, code, seen_only) for pid, t, code in items}
+    return {g.program_id: g for g in store.stage(
+        name, Grade, list(progs.values()), key=lambda p: p.program_id,
+        fp=lambda p: program_fingerprint(sandbox.config, p), rkey=lambda g: g.program_id,
+        compute=sandbox.grade, batch=256)}
