@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export VLLM_HOST_IP ?= 127.0.0.1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup system-deps run test bench clean
+.PHONY: setup system-deps run test test-pure bench clean
 
 setup: system-deps $(STAMP)
 
@@ -32,7 +32,12 @@ run: setup
 	$(BIN)/python -m engine.distill $(ARGS)
 
 test: setup
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q $(ARGS)
+
+# the pure tier (no vLLM, no sandbox, no model): seconds
+test-pure: setup
+	$(BIN)/python -m pytest -q -m pure $(ARGS)
 
 bench: setup
 	$(BIN)/python benchmarks/bench_sandbox.py

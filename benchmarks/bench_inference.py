@@ -19,10 +19,11 @@ Rows (tokens/s = generated tokens, EOS included, per wall second of the whole su
                   the sequences in flight, so fewer prompts flatter the baseline)
   HF one-at-a-time  transformers `generate`, one sequence per call, the same sampling (the
                   reference code's way), on `--hf-sequences` sequences
-  teacher @C      the local teacher server (engine/teacher/server.py with the engine's defaults), a burst
-                  of C chat requests sent at once (as the refine stage sends a round), greedy,
-                  256 tokens at most, timed until the last reply (its tail included); `--teacher-baseline` adds the
-                  server with `auto` threads and no preloads at 16 in flight
+  teacher @C      the local teacher server (engine/teacher/server.py with the engine's
+                  defaults), a burst of C chat requests sent at once (as the refine stage sends
+                  a round), greedy, 256 tokens at most, timed until the last reply (its tail
+                  included); `--teacher-baseline` adds the server with `auto` threads and no
+                  preloads at 16 in flight
 
 Load average is printed before and after: compare ratios only from a quiet machine.
 """

@@ -253,7 +253,8 @@ def markdown(t: dict) -> str:
                      f"{f(r['personalisation'])} |")
     lines += ["", "Paired differences (b - a, points of pass@1) with 95% bootstrap intervals "
               "over tasks (10,000 resamples):", "",
-              "| set | step | a | b | tasks | b - a | 95% interval | |", "|---|---|---|---|---:|---:|---|---|"]
+              "| set | step | a | b | tasks | b - a | 95% interval | |",
+              "|---|---|---|---|---:|---:|---|---|"]
     for c in t["paired"]:
         lines.append(f"| {c['set']} | {c['step']} | {LABELS[c['a']]} | {LABELS[c['b']]} | "
                      f"{c['tasks']} | {100 * c['diff']:+.1f} | [{100 * c['ci95'][0]:+.1f}, "

@@ -60,8 +60,8 @@ def cache_root() -> Path:
 def resolve_model(spec: str) -> str:
     """Return something vLLM's `model=` accepts, provisioning embedded models on first use.
 
-    Raises MissingFile (a FileNotFoundError) for a path that does not exist (rather than letting it be taken for a
-    hub name and failing later with an unrelated network error).
+    Raises MissingFile (a FileNotFoundError) for a path that does not exist (rather than letting it
+    be taken for a hub name and failing later with an unrelated network error).
     """
     if spec in EMBEDDED:
         return str(provision(EMBEDDED[spec]))

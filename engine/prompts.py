@@ -2,15 +2,18 @@
 
 Teacher templates follow the paper's variants (Chen et al. 2023, sec. 3 and appendix):
 
-| name              | the teacher sees                                  | used for              |
-|-------------------|---------------------------------------------------|-----------------------|
-| refine-feedback   | task, student code, execution feedback (default)  | PersD refinements     |
-| refine-nofeedback | task, student code; writes its own critique first | PersD without tests   |
-| reference-guided  | task, student code, feedback, reference solution  | one-turn variant      |
-| reference-two-turn| the task answered by the reference (first assistant turn), then the student's code and error | the paper's released prompt |
-| reference-edit    | task, student code, feedback, then the reference last, to be edited toward the student's code | a later round's retry |
-| auto              | reference-two-turn where the task has a reference, else refine-feedback | default |
-| answer            | task only                                         | StanD answers         |
+| name               | the teacher sees                                     | used for            |
+|--------------------|------------------------------------------------------|---------------------|
+| refine-feedback    | task, student code, execution feedback               | PersD refinements   |
+| refine-nofeedback  | task, student code; writes its own critique first    | PersD without tests |
+| reference-guided   | task, student code, feedback, reference solution     | one-turn variant    |
+| reference-two-turn | the task answered by the reference (first assistant  | the paper's         |
+|                    | turn), then the student's code and error             | released prompt     |
+| reference-edit     | task, student code, feedback, then the reference     | a later round's     |
+|                    | last, to be edited toward the student's code         | retry               |
+| auto               | reference-two-turn where the task has a reference,   | default             |
+|                    | else refine-feedback                                 |                     |
+| answer             | task only                                            | StanD answers       |
 """
 from __future__ import annotations
 

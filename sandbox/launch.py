@@ -48,7 +48,8 @@ from sandbox.records import Program, Status
 
 log = logging.getLogger(__name__)
 
-JAIL_MODULES = ("records.py", "protocol.py", "values.py", "harness.py", "verdict.py", "worker.py", "confine.py",
+JAIL_MODULES = ("records.py", "protocol.py", "values.py", "harness.py", "verdict.py", "worker.py",
+                "confine.py",
                 "zygote.py", "channel.py", "parse.py", "plan.py", "judge.py", "remote.py")
 LIB, DEPS = "/sandbox/lib", "/sandbox/deps"   # in the jail: our modules, and orjson
 BOOT = "import sys; sys.path[:0] = [{lib!r}, {deps!r}]; from sandbox.worker import main; main()"

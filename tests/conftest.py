@@ -73,3 +73,34 @@ def task_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tasks") / "tasks.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
     return path
+
+
+# --------------------------------------------------------------------------------------- tiers
+# A test is marked by what it starts: the fixtures it uses, or (for modules that start engines
+# themselves) its module. What is left is the pure tier: `pytest -m pure` runs in seconds.
+FIXTURE_MARKS = {"student_pool": "needs_vllm", "vllm_server": "needs_vllm",
+                 "sandbox_pool": "needs_bwrap", "tiny_model": "needs_model"}
+MODULE_MARKS = {  # modules whose tests start vLLM, the sandbox or a model themselves
+    "test_cpu_sampler": ("needs_vllm",),
+    "test_distill_e2e": ("needs_vllm", "needs_bwrap"),
+    "test_kill_resume": ("needs_vllm", "needs_bwrap"),
+    "test_online": ("needs_vllm", "needs_bwrap"),
+    "test_resume_changes": ("needs_vllm", "needs_bwrap"),
+    "test_ray_job": ("needs_vllm",),
+    "test_lora_vllm": ("needs_vllm",),
+    "test_sandbox": ("needs_bwrap",),
+    "test_sandbox_forgery": ("needs_bwrap",),
+    "test_sandbox_judge": ("needs_bwrap",),
+    "test_train": ("needs_model",),
+}
+HEAVY = ("needs_vllm", "needs_bwrap", "needs_model", "slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        names = {FIXTURE_MARKS[f] for f in getattr(item, "fixturenames", ()) if f in FIXTURE_MARKS}
+        names |= set(MODULE_MARKS.get(item.module.__name__.rsplit(".", 1)[-1], ()))
+        for name in sorted(names):
+            item.add_marker(name)
+        if not any(item.get_closest_marker(m) for m in HEAVY):
+            item.add_marker("pure")

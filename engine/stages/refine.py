@@ -73,9 +73,9 @@ def next_round_jobs(jobs: Sequence[TeacherJob], refinements: dict[str, Refinemen
     """The next round: each chain whose refinement has code that failed verification goes back
     with its own error, unless its attempt already has a passing refinement in any chain or
     round: one is all the datasets use. The reference prompts keep their template, the others
-    become refine-feedback; a `retry_template` replaces both. A refinement that came back `unchanged` would make the very request
-    that produced it again (same code, same error): it is sent at `retry_temperature` with a
-    per-round seed instead, never the same request twice."""
+    become refine-feedback; a `retry_template` replaces both. A refinement that came back
+    `unchanged` would make the very request that produced it again (same code, same error): it
+    is sent at `retry_temperature` with a per-round seed instead, never the same request twice."""
     solved = {r.attempt_id for r in refinements.values()
               if r.refinement_id in verified and verified[r.refinement_id].passed}
     out = []

@@ -20,7 +20,7 @@ generator advances the same way), and the candidates' noise comes from a generat
 it: a seeded request reproduces, though not the token vLLM's own kernel would have drawn.
 
 Registered by engine/vllm_plugin.py in every process vLLM starts; `PERSD_CPU_TOPP_PATCH=0`
-turns it off. tests/test_cpu_sampler.py checks the kept sets against vLLM's function and the
+turns it off. tests/engine/test_cpu_sampler.py checks the kept sets against vLLM's function and the
 sampled frequencies against the renormalised probabilities.
 """
 from __future__ import annotations

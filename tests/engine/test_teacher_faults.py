@@ -23,7 +23,7 @@ from engine.teacher import (Failure, Teacher, TeacherUnreachable,
                             prices, retry_after_s)
 from tests.faulty_server import Fault, FaultyServer, Kind, key_of
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FAST = dict(timeout_s=1.0, backoff_s=0.02, backoff_max_s=0.1, max_retries=3, concurrency=8)
 
 

@@ -1,7 +1,7 @@
 """The sandbox: correct verdicts, hostile programs contained, forged passes refused, each isolation
 layer reported and doing its job, HumanEval.
 
-    .venv/bin/python -m pytest tests/test_sandbox.py -q
+    .venv/bin/python -m pytest tests/sandbox/test_sandbox.py -q
 
 Uses the session `sandbox_pool` (conftest.py, default config: one worker per CPU) and a few small
 dedicated pools where a test needs one worker or breaks workers on purpose. After every hostile

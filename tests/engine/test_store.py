@@ -15,7 +15,7 @@ import pytest
 
 from engine.store import RunInUse, RunStore, content_hash, fingerprint, read_view
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Verdicts no program can forge: programs written against the sandbox's own harness, and
 objects that lie about equality, never pass, whatever shape the test has.
 
-    .venv/bin/python -m pytest tests/test_sandbox_forgery.py -q
+    .venv/bin/python -m pytest tests/sandbox/test_sandbox_forgery.py -q
 
 Every forger below is a wrong program (the right answer to f(1) is 2, and none of them knows
 it): it passes only if it can read the expected value out of its own process, or make the

@@ -11,7 +11,7 @@ from engine.evaluate import evaluate_into
 from engine.records import Attempt, EvalResult
 from engine.store import content_hash, read_view
 from engine.tasks import load_tasks
-from tests.test_train import write_examples
+from tests.train.test_train import write_examples
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,9 @@ from train.lora import DataError, load_examples, tokenize, train
 def write_examples(path, count: int) -> None:
     rows = []
     for i in range(count):
+        code = f"def f{i % 7}(x):\n    return x + {i % 7}\n"
         rows.append({"prompt": [{"role": "user", "content": f"Write f{i % 7}(x) returning x + {i % 7}."}],
-                     "completion": [{"role": "assistant",
-                                     "content": f"```python\ndef f{i % 7}(x):\n    return x + {i % 7}\n```"}]})
+                     "completion": [{"role": "assistant", "content": f"```python\n{code}```"}]})
     path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
 
 

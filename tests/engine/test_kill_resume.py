@@ -24,7 +24,7 @@ from train.config import TrainConfig
 
 # (stage, fault point): the n-th time the driver process reaches the point, it is SIGKILLed
 KILLS = [
-    # (a kill inside the attempts' transaction is tests/test_store.py's first test; here the
+    # (a kill inside the attempts' transaction is tests/engine/test_store.py's first test; here the
     # attempt kill comes right after their commit, which saves the suite a vLLM start)
     ("attempt", "after-commit:attempts#1"),
     ("grade", "mid-commit:grades#1"),

@@ -1,7 +1,7 @@
 """Judging in the worker: which test shapes are judged there (counted on the real task sets),
 stateful tests, program objects, exceptions, and a zygote that dies.
 
-    .venv/bin/python -m pytest tests/test_sandbox_judge.py -q
+    .venv/bin/python -m pytest tests/sandbox/test_sandbox_judge.py -q
 """
 from __future__ import annotations
 

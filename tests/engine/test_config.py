@@ -17,7 +17,8 @@ def parse(argv):
 
 def test_defaults_file_and_cli_layers(tmp_path):
     toml = tmp_path / "run.toml"
-    toml.write_text('dataset = "persd"\n[student]\nmax_tokens = 100\n[eval]\nk = [1, 5]\nn = 10\ntemperature = 0.8\n')
+    toml.write_text('dataset = "persd"\n[student]\nmax_tokens = 100\n'
+                    '[eval]\nk = [1, 5]\nn = 10\ntemperature = 0.8\n')
     cfg = parse(["--config", str(toml), "--student.max_tokens", "200"])
     assert cfg.dataset == "persd" and cfg.student.max_tokens == 200 and cfg.eval.k == (1, 5)
     assert parse([]) == RunConfig()

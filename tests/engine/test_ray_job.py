@@ -16,7 +16,7 @@ from engine.records import EvalResult
 from engine.store import RunStore
 from engine.teacher.server import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
