@@ -175,7 +175,7 @@ def _shutdown_owned_ray() -> None:
 def _run(cfg: RunConfig, run: RunStore, student_pool) -> dict:
     from engine.evaluate import evaluate
     from engine.models import resolve_model
-    from engine.student import LazyPool
+    from engine.student import Decoding, LazyPool, Sampling
     from engine.tasks.docstring_tests import verify_seen_tests
     from engine.tasks.overlap import load_pool
     from engine.tasks import load_tasks
@@ -201,17 +201,13 @@ def _run(cfg: RunConfig, run: RunStore, student_pool) -> dict:
             student_dir = resolve_model(cfg.student.model)
             student_id = model_identity(student_dir)
             tasks = {t.task_id: t for t in train_tasks}
-        st = cfg.student
-        decoding = {"dtype": st.dtype, "max_model_len": st.max_model_len,
-                    "prompt_format": st.prompt_format}
-        sampling = dict(n=st.samples, temperature=st.temperature, top_p=st.top_p,
-                        max_tokens=st.max_tokens, seed=st.seed, prompt_format=st.prompt_format)
         if pool is None:
             pool = LazyPool(student_dir, cfg.student)
         with timed(timings, "1-attempt"):
             attempts = {a.attempt_id: a for a in stages.attempt_stage(
                 run, "attempts", pool, stages.task_jobs(train_tasks), model_id=student_id,
-                decoding=decoding, sampling=sampling, batch=ATTEMPT_BATCH)}
+                decoding=Decoding.of(cfg.student), sampling=Sampling.attempts(cfg.student),
+                batch=ATTEMPT_BATCH)}
         with timed(timings, "2-grade"):
             grades = stages.grade_stage(run, "grades", sandbox, [
                 (a.attempt_id, tasks[a.task_id], a.code) for a in attempts.values()])
@@ -303,16 +299,12 @@ def _run(cfg: RunConfig, run: RunStore, student_pool) -> dict:
             if cfg.eval.rounds:
                 summary["pass_after_per_round"] = list(after.rounds)
             if cfg.online_rounds:
-                from engine.online import run_online
+                from engine.online import round_row, run_online
 
-                first = {"round": 0, "tasks": len(train_tasks), "attempts": len(attempts),
-                         "train_pass_rate": round(1 - len(failed) / len(attempts), 4)
-                         if attempts else 0.0, "failures": len(failed),
-                         "verified_attempts": len({r.attempt_id for r in refinements
-                                                   if passed(r.refinement_id)}),
-                         "new_examples": len(datasets[cfg.dataset]),
-                         "dataset_size": len(datasets[cfg.dataset]), "adapter": str(adapter),
-                         "adapter_id": after.adapter_id, "pass_after": after.pass_at}
+                first = round_row(0, len(train_tasks), len(attempts), len(failed),
+                                  stages.solved_attempts(refinements, verified),
+                                  len(datasets[cfg.dataset]), len(datasets[cfg.dataset]),
+                                  adapter, after)
                 summary["online"] = [first] + run_online(
                     cfg, run, pool, sandbox, load_pool(cfg.data.train_tasks, 0,
                                                        cfg.data.decontaminate)[0],

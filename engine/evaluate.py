@@ -24,7 +24,7 @@ from engine import stages
 from engine.config import EvalConfig, StudentConfig
 from engine.records import Attempt, EvalResult, Grade, Task
 from engine.store import RunStore, content_hash, fingerprint
-from engine.student import LazyPool, StudentPool
+from engine.student import Decoding, LazyPool, Sampling, StudentPool
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -90,7 +90,7 @@ def evaluate(pool: StudentPool, sandbox, tasks: Sequence[Task], cfg: EvalConfig,
     """
     by_id = {t.task_id: t for t in tasks}
     adapter_id = content_hash(adapter) if adapter else None
-    decoding = {k: getattr(student, k) for k in ("dtype", "max_model_len", "prompt_format")}
+    decoding = Decoding.of(student)
 
     def grade_stage(stage: str, atts: list[Attempt], seen_only: bool) -> dict[str, Grade]:
         return stages.grade_stage(run, stage, sandbox, [
@@ -109,9 +109,8 @@ def evaluate(pool: StudentPool, sandbox, tasks: Sequence[Task], cfg: EvalConfig,
                                       a.code or a.completion, seen[a.attempt_id].feedback)
                     for a in current if not seen[a.attempt_id].passed]
             n = 1
-        sampling = dict(n=n, temperature=cfg.temperature, top_p=cfg.top_p,
-                        max_tokens=cfg.max_tokens, seed=student.seed + r,
-                        prompt_format=student.prompt_format, adapter=adapter)
+        sampling = Sampling(n, cfg.temperature, cfg.top_p, cfg.max_tokens, student.seed + r,
+                            student.prompt_format, adapter)
         # one submission per round: vLLM batches it continuously
         new = stages.attempt_stage(run, f"{tag}-attempts", pool, jobs, model_id=model_id,
                                    decoding=decoding, sampling=sampling)

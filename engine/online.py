@@ -38,6 +38,16 @@ def still_failing(attempts: dict[str, Attempt], grades: dict[str, Grade]) -> set
     return {a.task_id for a in attempts.values()} - passed
 
 
+def round_row(r: int, tasks: int, attempts: int, failures: int, solved: set[str],
+              new_examples: int, dataset_size: int, adapter: Path, after) -> dict:
+    """One row of the summary's `online` table (round 0 is the first pass)."""
+    return {"round": r, "tasks": tasks, "attempts": attempts,
+            "train_pass_rate": round(1 - failures / attempts, 4) if attempts else 0.0,
+            "failures": failures, "verified_attempts": len(solved),
+            "new_examples": new_examples, "dataset_size": dataset_size, "adapter": str(adapter),
+            "adapter_id": after.adapter_id, "pass_after": after.pass_at}
+
+
 def run_online(cfg, run, pool, sandbox, pool_tasks: Sequence[Task], attempts: dict[str, Attempt],
                grades: dict[str, Grade], examples: list[Example], adapter: Path,
                eval_tasks: Sequence[Task], student_dir: str, student_id: str,
@@ -49,6 +59,7 @@ def run_online(cfg, run, pool, sandbox, pool_tasks: Sequence[Task], attempts: di
     from engine.distill import teacher_endpoint, train_subprocess
     from engine.tasks.docstring_tests import verify_seen_tests
     from engine.evaluate import evaluate
+    from engine.student import Decoding, Sampling
     from engine.teacher import Teacher
 
     st, tc = cfg.student, cfg.teacher
@@ -61,16 +72,11 @@ def run_online(cfg, run, pool, sandbox, pool_tasks: Sequence[Task], attempts: di
     for r in range(1, cfg.online_rounds + 1):
         tasks_r = verify_seen_tests(round_tasks(pool_tasks, failing, r, limit), sandbox)
         by_id = {t.task_id: t for t in tasks_r}
-        sampling = dict(n=st.samples, temperature=st.temperature, top_p=st.top_p,
-                        max_tokens=st.max_tokens, seed=st.seed + r, prompt_format=st.prompt_format,
-                        adapter=str(adapter))
-        decoding = {"dtype": st.dtype, "max_model_len": st.max_model_len,
-                    "prompt_format": st.prompt_format}
         jobs = [stages.SampleJob(f"o{r}/{t.task_id}", t) for t in tasks_r]
         with timed(f"o{r}-1-attempt"):
             atts = {a.attempt_id: a for a in stages.attempt_stage(
-                run, f"attempts-o{r}", pool, jobs, model_id=student_id, decoding=decoding,
-                sampling=sampling)}
+                run, f"attempts-o{r}", pool, jobs, model_id=student_id, decoding=Decoding.of(st),
+                sampling=Sampling.attempts(st, seed_offset=r, adapter=str(adapter)))}
         with timed(f"o{r}-2-grade"):
             grs = stages.grade_stage(run, f"grades-o{r}", sandbox, [
                 (a.attempt_id, by_id[a.task_id], a.code) for a in atts.values()])
@@ -104,13 +110,9 @@ def run_online(cfg, run, pool, sandbox, pool_tasks: Sequence[Task], attempts: di
         with timed(f"o{r}-7-eval-after"):
             after = evaluate(pool, sandbox, eval_tasks, cfg.eval, st, run, f"eval-after-o{r}",
                              adapter=str(adapter), model_id=student_id)
-        solved = {r_.attempt_id for r_ in refs.values()
-                  if r_.refinement_id in verified and verified[r_.refinement_id].passed}
-        row = {"round": r, "tasks": len(tasks_r), "attempts": len(atts),
-               "train_pass_rate": round(1 - len(failed) / len(atts), 4) if atts else 0.0,
-               "failures": len(failed), "verified_attempts": len(solved),
-               "new_examples": len(new), "dataset_size": len(known), "adapter": str(adapter),
-               "adapter_id": after.adapter_id, "pass_after": after.pass_at}
+        row = round_row(r, len(tasks_r), len(atts), len(failed),
+                        stages.solved_attempts(refs.values(), verified), len(new), len(known),
+                        adapter, after)
         print(f"[online] round {r}: {row}", file=sys.stderr, flush=True)
         rows.append(row)
         failing = still_failing(atts, grs)

@@ -15,10 +15,11 @@ from engine.stages.datasets import (build_datasets, matched_stand, one_per_attem
                                     personalisation)
 from engine.stages.grade import grade, grade_stage, program, program_fingerprint
 from engine.stages.refine import (TeacherJob, ask_teacher, first_round_jobs, next_round_jobs,
-                                  refine_rounds, refine_stage, stand_jobs, verify_stage)
+                                  refine_rounds, refine_stage, solved_attempts, stand_jobs,
+                                  verify_stage)
 
 __all__ = ["SampleJob", "attempt_stage", "refine_job", "request_seed", "sample",
            "sample_requests", "task_jobs", "build_datasets", "matched_stand", "one_per_attempt",
            "personalisation", "grade", "grade_stage", "program", "program_fingerprint",
            "TeacherJob", "ask_teacher", "first_round_jobs", "next_round_jobs", "refine_rounds",
-           "refine_stage", "stand_jobs", "verify_stage"]
+           "refine_stage", "solved_attempts", "stand_jobs", "verify_stage"]

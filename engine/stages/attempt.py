@@ -10,7 +10,7 @@ from typing import Sequence
 from engine import prompts
 from engine.records import Attempt, Task
 from engine.store import RunStore, content_hash, fingerprint
-from engine.student import GenRequest, StudentPool
+from engine.student import Decoding, GenRequest, Sampling, StudentPool
 
 @dataclass(frozen=True)
 class SampleJob:
@@ -39,15 +39,14 @@ def request_seed(seed: int, job_id: str) -> int:
     return (seed + zlib.crc32(job_id.encode())) % (2**31 - 1)
 
 
-def sample_requests(jobs: Sequence[SampleJob], *, n: int, temperature: float, top_p: float,
-                    max_tokens: int, seed: int, prompt_format: str,
-                    adapter: str | None = None) -> list[GenRequest]:
+def sample_requests(jobs: Sequence[SampleJob], s: Sampling) -> list[GenRequest]:
     """The request each job sends: what its attempts' fingerprints are computed from."""
     reqs = []
     for job in jobs:
-        common = dict(n=n, temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
-                      max_tokens=max_tokens, seed=request_seed(seed, job.job_id), adapter=adapter)
-        if prompt_format == "chat":
+        common = dict(n=s.n, temperature=s.temperature,
+                      top_p=s.top_p if s.temperature > 0 else 1.0, max_tokens=s.max_tokens,
+                      seed=request_seed(s.seed, job.job_id), adapter=s.adapter)
+        if s.prompt_format == "chat":
             msgs = job.messages or ({"role": "user", "content": prompts.task_message(job.task)},)
             reqs.append(GenRequest(job.job_id, messages=tuple(msgs), **common))
         else:
@@ -55,39 +54,37 @@ def sample_requests(jobs: Sequence[SampleJob], *, n: int, temperature: float, to
     return reqs
 
 
-def sample(pool: StudentPool, jobs: Sequence[SampleJob], *, prompt_format: str,
-           **sampling) -> list[Attempt]:
+def sample(pool: StudentPool, jobs: Sequence[SampleJob], sampling: Sampling) -> list[Attempt]:
     """n samples per job, batched through the pool in one call. Each attempt carries the model
     and adapter content hashes that the sampling engine itself reports."""
-    outs = pool.generate(sample_requests(jobs, prompt_format=prompt_format, **sampling))
+    outs = pool.generate(sample_requests(jobs, sampling))
     attempts = []
     for job, out in zip(jobs, outs):
         t = job.task
         for j, text in enumerate(out.texts):
-            if prompt_format == "chat":
+            if sampling.prompt_format == "chat":
                 code = prompts.extract_code(text, t.entry_point, t.prompt) or ""
             else:
                 code = t.prompt + prompts.truncate_completion(text)
             attempts.append(Attempt(f"{job.job_id}#{j}", t.task_id, text, code,
-                                    sampling.get("adapter"), out.model_id, out.adapter_id))
+                                    sampling.adapter, out.model_id, out.adapter_id))
     return attempts
 
 
 
 def attempt_stage(store: RunStore, name: str, pool, jobs: Sequence[SampleJob], *,
-                  model_id: str, decoding: dict, sampling: dict, batch: int = 0
+                  model_id: str, decoding: Decoding, sampling: Sampling, batch: int = 0
                   ) -> list[Attempt]:
     """Sample every job through the store: a job is reused while its request, the model's and
     the adapter's content hashes and the decoding settings (`decoding`: dtype, context length,
     prompt format) are unchanged. `batch` 0 submits every job at once. A sample whose engine
     reports another model or adapter than asked for is an error."""
-    adapter = sampling.get("adapter")
-    adapter_id = content_hash(adapter) if adapter else None
+    adapter_id = content_hash(sampling.adapter) if sampling.adapter else None
     reqs = {q.request_id: dataclasses.replace(q, adapter=None)
-            for q in sample_requests(jobs, **sampling)}
+            for q in sample_requests(jobs, sampling)}
 
     def checked(chunk: list[SampleJob]) -> list[Attempt]:
-        got = sample(pool, chunk, **sampling)
+        got = sample(pool, chunk, sampling)
         for a in got:  # before the commit: the store never holds a sample under a false name
             if (model_id and a.model_id != model_id) or a.adapter_id != adapter_id:
                 raise RuntimeError(f"{name}: sample {a.attempt_id} came from model {a.model_id} "

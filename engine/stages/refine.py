@@ -8,7 +8,7 @@ import contextlib
 import sys
 from collections import Counter
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from engine import personal, prompts
 from engine.records import Attempt, Grade, Refinement, Task
@@ -67,6 +67,13 @@ def stand_jobs(tasks: Sequence[Task]) -> list[TeacherJob]:
     return [TeacherJob(t, None, "answer", sampling=(("temperature", 0.0),)) for t in tasks]
 
 
+def solved_attempts(refinements: Iterable[Refinement], verified: dict[str, Grade]) -> set[str]:
+    """The attempts that have at least one refinement which passed verification."""
+    return {r.attempt_id for r in refinements
+            if r.attempt_id is not None and r.refinement_id in verified
+            and verified[r.refinement_id].passed}
+
+
 def next_round_jobs(jobs: Sequence[TeacherJob], refinements: dict[str, Refinement],
                     verified: dict[str, Grade], retry_temperature: float = 0.8,
                     retry_template: str = "") -> list[TeacherJob]:
@@ -76,8 +83,7 @@ def next_round_jobs(jobs: Sequence[TeacherJob], refinements: dict[str, Refinemen
     become refine-feedback; a `retry_template` replaces both. A refinement that came back
     `unchanged` would make the very request that produced it again (same code, same error): it
     is sent at `retry_temperature` with a per-round seed instead, never the same request twice."""
-    solved = {r.attempt_id for r in refinements.values()
-              if r.refinement_id in verified and verified[r.refinement_id].passed}
+    solved = solved_attempts(refinements.values(), verified)
     out = []
     for job in jobs:
         if job.attempt_id is None or job.attempt_id in solved:

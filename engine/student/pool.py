@@ -32,6 +32,42 @@ class GenRequest:
 
 
 @dataclass(frozen=True)
+class Sampling:
+    """How to sample, one record for every caller (training attempts, evaluation rounds, online
+    rounds) instead of the same seven arguments spelled out at each."""
+
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 512
+    seed: int = 0                  # base seed: each request gets its own from it and its id
+    prompt_format: str = "chat"    # chat (the model's chat template) or completion
+    adapter: str | None = None     # LoRA adapter directory, None = base model
+
+    @classmethod
+    def attempts(cls, st: StudentConfig, seed_offset: int = 0, adapter: str | None = None
+                 ) -> "Sampling":
+        """The student's attempts at training tasks (online round r: seed_offset r)."""
+        return cls(st.samples, st.temperature, st.top_p, st.max_tokens, st.seed + seed_offset,
+                   st.prompt_format, adapter)
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """The engine settings a sample depends on besides its request (in every sample's
+    fingerprint; the field order is the sorted order the earlier dict had, so fingerprints of
+    existing runs are unchanged)."""
+
+    dtype: str
+    max_model_len: int
+    prompt_format: str
+
+    @classmethod
+    def of(cls, st: StudentConfig) -> "Decoding":
+        return cls(st.dtype, st.max_model_len, st.prompt_format)
+
+
+@dataclass(frozen=True)
 class GenOutput:
     request_id: str
     texts: tuple[str, ...]          # n completions

@@ -195,6 +195,7 @@ def test_fingerprints_are_stable_across_versions():
     every existing run recompute, so it changes these values in the same commit."""
     from engine import stages
     from engine.records import Task, TestCase
+    from engine.student import Decoding, Sampling
     from sandbox.config import SandboxConfig
 
     t = Task("demo/1", "def add(a, b):\n    \"\"\"Add.\"\"\"\n", "add",
@@ -203,7 +204,11 @@ def test_fingerprints_are_stable_across_versions():
     cfg = SandboxConfig(workers=1)
     prog = stages.program(cfg, "p", t, "def add(a, b):\n    return a - b\n")
     assert stages.program_fingerprint(cfg, prog) == "9ef1e299bf8702d4013035766c276328"
-    [req] = stages.sample_requests(stages.task_jobs([t]), n=1, temperature=0.0, top_p=0.95,
-                                   max_tokens=64, seed=0, prompt_format="chat")
+    [req] = stages.sample_requests(stages.task_jobs([t]), Sampling(1, 0.0, 0.95, 64, 0, "chat"))
     assert fingerprint("attempt", "model", None, {"dtype": "bfloat16"}, req) == \
         "e8dc5591144b813ceb1c7c88e20b8be6"
+    # the decoding record hashes as the dict it replaced
+    dec = Decoding("bfloat16", 2048, "chat")
+    assert fingerprint("attempt", "model", None, dec, req) == fingerprint(
+        "attempt", "model", None, {"prompt_format": "chat", "max_model_len": 2048,
+                                   "dtype": "bfloat16"}, req) == "18147368064a8c7aa0a4b2e0d96f19a1"
