@@ -59,9 +59,8 @@ def main() -> None:
     ap.add_argument("--out", default="runs/yield")
     args = ap.parse_args()
 
-    from engine.distill import teacher_endpoint
+    from engine.teacher.endpoint import teacher_endpoint
     from engine.tasks import load_tasks
-    from engine.teacher import Teacher
     from sandbox.pool import SandboxPool
 
     source = Path(args.source)
@@ -80,13 +79,12 @@ def main() -> None:
     run_cfg = RunConfig(teacher=base)
     rows, passing = {}, {}
     with SandboxPool(RunConfig().sandbox) as sandbox, \
-            teacher_endpoint(run_cfg, SimpleNamespace(path=out)) as (url, model, identity):
+            teacher_endpoint(run_cfg, SimpleNamespace(path=out)) as endpoint:
         names = args.settings.split(",")
         for name in names + ["stand"]:
             tc = replace(base, **SETTINGS.get(name, {}))
             with RunStore(out / name) as store:
-                teacher = Teacher(tc, url, model, store.path / "teacher-cache.jsonl",
-                                  identity=identity)
+                teacher = endpoint.teacher(tc, store.path / "teacher-cache.jsonl")
                 asyncio.run(teacher.check_reachable())
                 t0 = time.monotonic()
                 if name == "stand":

@@ -80,8 +80,8 @@ def step_data(cfg: RunConfig, out: Path) -> None:
 
 
 def step_train(cfg: RunConfig, out: Path) -> None:
-    from engine.distill import model_identity, train_subprocess
-    from engine.models import resolve_model
+    from engine.models import model_identity, resolve_model
+    from engine.stages.train import train_adapter
 
     run = Path(cfg.run_dir)
     student_dir = resolve_model(cfg.student.model)
@@ -92,7 +92,7 @@ def step_train(cfg: RunConfig, out: Path) -> None:
             print(f"[quality] {v}: no examples, not trained", file=sys.stderr, flush=True)
             continue
         t0 = time.monotonic()
-        train_subprocess(dataclasses.replace(cfg, dataset=v), data, student_dir, student_id,
+        train_adapter(dataclasses.replace(cfg, dataset=v), data, student_dir, student_id,
                          train_dir(run, v))
         print(f"[quality] {v}: trained ({time.monotonic() - t0:.0f} s)", file=sys.stderr,
               flush=True)
@@ -112,9 +112,8 @@ def evaluate_rows(cfg: RunConfig, mbpp: Path, mbpp_tasks: int, rows: dict[str, s
                   model: str | None = None, sets: tuple[str, ...] = ("humaneval", "mbpp")
                   ) -> None:
     """Evaluate `rows` (row name -> adapter directory or None) on both sets in one engine."""
-    from engine.distill import model_identity
     from engine.evaluate import evaluate
-    from engine.models import resolve_model
+    from engine.models import model_identity, resolve_model
     from engine.store import RunStore
     from engine.student import LazyPool
     from sandbox.pool import SandboxPool

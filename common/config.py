@@ -31,6 +31,8 @@ def setting(default: Any, help: str) -> Any:
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     """Turn a TOML or CLI value into the field's type, naming the field on error."""
     origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return _choice(typing.get_args(tp), value, where)
     try:
         if origin is tuple:
             inner = typing.get_args(tp)[0]
@@ -47,6 +49,22 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     except (TypeError, ValueError):
         pass
     raise ConfigError(f"{where}: cannot use {value!r} as {getattr(tp, '__name__', tp)}")
+
+
+def _choice(allowed: tuple, value: Any, where: str) -> Any:
+    if value not in allowed:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, allowed))}")
+    return value
+
+
+def check_choices(cfg: Any, section: str = "") -> None:
+    """Every `Literal`-typed field of a config record holds one of its values; call it from the
+    record's `__post_init__`, so records built in Python are checked as files and flags are."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        if typing.get_origin(hints[f.name]) is typing.Literal:
+            _choice(typing.get_args(hints[f.name]), getattr(cfg, f.name),
+                    f"{section}.{f.name}" if section else f.name)
 
 
 def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
@@ -83,8 +101,10 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
     parser.add_argument("--config", help="TOML file with settings (CLI flags override it)")
     for name, tp, f in _flags(cls):
         default = f.default if f.default is not dataclasses.MISSING else None
-        tname = getattr(tp, "__name__", str(tp))
-        parser.add_argument(f"--{name}", dest=name, default=None, metavar=tname.upper(),
+        tname = getattr(tp, "__name__", str(tp)).upper()
+        if typing.get_origin(tp) is typing.Literal:
+            tname = "{" + ",".join(map(str, typing.get_args(tp))) + "}"
+        parser.add_argument(f"--{name}", dest=name, default=None, metavar=tname,
                             help=f"{f.metadata.get('help', '')} (default: {default!r})"
                             .replace("%", "%%"))   # argparse formats help with %
 

@@ -9,12 +9,13 @@ directory as `config.json` so a run can be reproduced.
 from __future__ import annotations
 
 import argparse
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from common.config import add_config_args as _add_config_args
 from common.config import config_from_args as _config_from_args
-from common.config import setting, to_dict  # noqa: F401 (to_dict: part of this module's API)
+from common.config import check_choices, setting, to_dict  # noqa: F401 (to_dict: part of this module's API)
 from common.errors import ConfigError
 from sandbox.config import SandboxConfig
 from train.config import TrainConfig
@@ -36,8 +37,9 @@ def config_from_args(args: argparse.Namespace, cls: type | None = None) -> Any:
 class StudentConfig:
     model: str = _f("qwen2.5-coder-0.5b-instruct",
                     "student: embedded name, local model directory or hub name")
-    prompt_format: str = _f("chat", "chat (apply the tokenizer's chat template) or completion "
-                            "(continue the raw code prompt)")
+    prompt_format: Literal["chat", "completion"] = _f(
+        "chat", "chat (apply the tokenizer's chat template) or completion (continue the raw code "
+        "prompt)")
     dtype: str = _f("bfloat16", "weights dtype in vLLM; bf16 is 4-10x faster than fp32 on AVX-512 CPUs")
     max_model_len: int = _f(2048, "context length in tokens (prompt + completion)")
     kv_cache_gb: int = _f(4, "KV-cache size per engine in GiB (VLLM_CPU_KVCACHE_SPACE)")
@@ -62,6 +64,9 @@ class StudentConfig:
     samples: int = _f(1, "attempts per training task")
     seed: int = _f(0, "base seed; each request gets seed + a stable offset, so runs reproduce")
 
+    def __post_init__(self) -> None:
+        check_choices(self, "student")
+
 
 @dataclass(frozen=True)
 class TeacherConfig:
@@ -69,8 +74,9 @@ class TeacherConfig:
                     "teacher model: served locally when base_url is empty, else the remote model name")
     base_url: str = _f("", "OpenAI-compatible endpoint, e.g. https://api.openai.com/v1; empty: "
                        "start vLLM's OpenAI server for `model` on 127.0.0.1 and stop it at the end")
-    api: str = _f("chat", "chat (/chat/completions, messages) or completions (/completions, the "
-                  "messages joined into one prompt, for base models)")
+    api: Literal["chat", "completions"] = _f(
+        "chat", "chat (/chat/completions, messages) or completions (/completions, the messages "
+        "joined into one prompt, for base models)")
     api_key_env: str = _f("OPENAI_API_KEY", "environment variable holding the API key (never logged)")
     template: str = _f("auto", "refinement prompt template (see engine/prompts.py): "
                        "refine-feedback, refine-nofeedback, reference-guided, "
@@ -118,8 +124,9 @@ class TeacherConfig:
     budget_usd: float = _f(0.0, "most USD this process may spend on teacher calls; a call that "
                            "could cross it is not sent, its request fails with reason budget "
                            "(0 = none)")
-    keep: str = _f("closest", "of several passing refinements of one attempt: closest (the one "
-                   "most similar to the student's attempt) or all")
+    keep: Literal["closest", "all"] = _f(
+        "closest", "of several passing refinements of one attempt: closest (the one most "
+        "similar to the student's attempt) or all")
     stand: bool = _f(True, "also ask the teacher for every task (the StanD baseline dataset)")
     server_kv_cache_gb: int = _f(8, "KV cache of the locally started teacher server, GiB (the "
                                  "1.5B holds ~36k tokens per GiB; 256 replies in flight need ~6)")
@@ -132,12 +139,17 @@ class TeacherConfig:
     server_eager: bool = _f(True, "start the local teacher server without compilation (see "
                             "student.enforce_eager)")
     server_startup_s: float = _f(900.0, "how long to wait for the local teacher server to come up")
+    server_timeout_s: float = _f(3600.0, "per-request timeout against the locally started server "
+                                 "(timeout_s is for remote endpoints): with 256 sequences in "
+                                 "flight the 1.5B decodes under 1 token/s per sequence on 2 "
+                                 "cores, so a reply of 4 x 768 tokens can take 20 minutes; at "
+                                 "300 s every request of a loaded round timed out and the "
+                                 "circuit breaker stopped the run")
 
     def __post_init__(self) -> None:
         from engine.prompts import TEMPLATES  # here, not at the top: keeps config imports light
 
-        if self.api not in ("chat", "completions"):
-            raise ConfigError(f"teacher.api: {self.api!r} is not chat or completions")
+        check_choices(self, "teacher")
         for name in ("template", "retry_template"):
             value = getattr(self, name)
             if (value not in TEMPLATES or value == "answer") and (value or name == "template"):
@@ -150,8 +162,6 @@ class TeacherConfig:
                      "circuit_window_s", "budget_usd"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"teacher.{name}: must be >= 0, got {getattr(self, name)}")
-        if self.keep not in ("closest", "all"):
-            raise ConfigError(f"teacher.keep: {self.keep!r} is not closest or all")
         if self.timeout_s <= 0:
             raise ConfigError(f"teacher.timeout_s: must be > 0, got {self.timeout_s}")
 
@@ -181,16 +191,18 @@ class EvalConfig:
                      "that fail the seen tests, shown seen-test feedback only (0 = single step)")
 
 
-DATASETS = ("persd", "persd-refine", "persd-combined", "stand", "stand-matched", "inpd")
+Dataset = Literal["persd", "persd-refine", "persd-combined", "stand", "stand-matched", "inpd"]
+DATASETS: tuple[str, ...] = typing.get_args(Dataset)
 
 
 @dataclass(frozen=True)
 class RunConfig:
     run_dir: str = _f("", "run directory; empty: runs/<timestamp>. An existing one is resumed")
-    on_change: str = _f("recompute", "resuming with other settings than the run directory's "
+    on_change: Literal["recompute", "refuse"] = _f(
+        "recompute", "resuming with other settings than the run directory's "
                         "last run: recompute (jobs whose inputs changed are redone, the rest "
                         "reused) or refuse (stop, naming the changed settings)")
-    dataset: str = _f("persd-combined", "dataset to fine-tune on: persd, persd-refine, "
+    dataset: Dataset = _f("persd-combined", "dataset to fine-tune on: persd, persd-refine, "
                       "persd-combined, stand, stand-matched (StanD cut to PersD's size) or inpd")
     skip_train: bool = _f(False, "stop after building the datasets (no fine-tune, no after-eval)")
     online_rounds: int = _f(0, "online PersD: after the fine-tune, rounds in which the student "
@@ -205,8 +217,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
-        if self.dataset not in DATASETS:
-            raise ConfigError(f"dataset: {self.dataset!r} is not one of {', '.join(DATASETS)}")
+        check_choices(self)
         if self.online_rounds < 0:
             raise ConfigError(f"online_rounds: must be >= 0, got {self.online_rounds}")
         if self.online_rounds and not self.dataset.startswith("persd"):
@@ -215,8 +226,6 @@ class RunConfig:
                              f"{self.dataset!r}")
         if self.online_rounds and self.skip_train:
             raise ConfigError("online_rounds: each round trains; it cannot go with skip_train")
-        if self.on_change not in ("recompute", "refuse"):
-            raise ConfigError(f"on_change: {self.on_change!r} is not recompute or refuse")
         if self.student.samples > 1 and self.student.temperature == 0:
             raise ConfigError("student.samples: greedy decoding (student.temperature 0) gives one "
                              f"sample, not {self.student.samples}; set a temperature > 0")
@@ -225,6 +234,4 @@ class RunConfig:
                              f"not {self.eval.n}; set a temperature > 0")
         if any(k > self.eval.n for k in self.eval.k):
             raise ConfigError(f"eval.k: every k must be <= eval.n ({self.eval.n}), got {self.eval.k}")
-        if self.student.prompt_format not in ("chat", "completion"):
-            raise ConfigError(f"student.prompt_format: {self.student.prompt_format!r} is not chat "
-                             "or completion")
+

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import MissingFile, ProvisionError
+from engine.store import content_hash
 
 
 @dataclass(frozen=True)
@@ -164,3 +165,8 @@ def provision(src: GgufSource) -> Path:
 if __name__ == "__main__":
     for name in sys.argv[1:] or list(EMBEDDED):
         print(resolve_model(name))
+
+
+def model_identity(model: str) -> str:
+    """Content hash of a model directory; a hub name stands for itself."""
+    return content_hash(model) if Path(model).is_dir() else f"hub:{model}"

@@ -56,11 +56,11 @@ def run_online(cfg, run, pool, sandbox, pool_tasks: Sequence[Task], attempts: di
     """Rounds 1..cfg.online_rounds; returns one summary row per round. `refinements` and
     `verified` are the first pass's: the `refinements` and `verified` views grow by each round's
     (the stages share those names, and a view is rewritten whole)."""
-    from engine.distill import teacher_endpoint, train_subprocess
+    from engine.stages.train import train_adapter
+    from engine.teacher.endpoint import teacher_endpoint
     from engine.tasks.docstring_tests import verify_seen_tests
     from engine.evaluate import evaluate
     from engine.student import Decoding, Sampling
-    from engine.teacher import Teacher
 
     st, tc = cfg.student, cfg.teacher
     limit = cfg.data.train_limit or len(pool_tasks)
@@ -85,10 +85,8 @@ def run_online(cfg, run, pool, sandbox, pool_tasks: Sequence[Task], attempts: di
             pool.close()   # the cores go to the teacher, then the trainer
         refs: dict = {}
         if failed:
-            with teacher_endpoint(cfg, run, lambda n: timed(f"o{r}-{n}")) as \
-                    (url, model, identity):
-                teacher = Teacher(tc, url, model, Path(run.path) / "teacher-cache.jsonl",
-                                  identity=identity)
+            with teacher_endpoint(cfg, run, lambda n: timed(f"o{r}-{n}")) as endpoint:
+                teacher = endpoint.teacher(tc, Path(run.path) / "teacher-cache.jsonl")
                 with timed(f"o{r}-3-refine"):
                     refs, _ = stages.refine_rounds(run, teacher, sandbox, failed, by_id, grs, tc)
         with timed(f"o{r}-4-verify"):
@@ -105,7 +103,7 @@ def run_online(cfg, run, pool, sandbox, pool_tasks: Sequence[Task], attempts: di
         train_cfg = dataclasses.replace(cfg, train=dataclasses.replace(
             cfg.train, init_adapter=str(adapter)))
         with timed(f"o{r}-6-train"):
-            adapter = train_subprocess(train_cfg, run.file(name), student_dir, student_id,
+            adapter = train_adapter(train_cfg, run.file(name), student_dir, student_id,
                                        run.path / f"train-o{r}")
         with timed(f"o{r}-7-eval-after"):
             after = evaluate(pool, sandbox, eval_tasks, cfg.eval, st, run, f"eval-after-o{r}",

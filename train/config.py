@@ -7,13 +7,16 @@ that fits HumanEval-size prompts plus one function.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
+from common.config import check_choices
 from common.config import setting as _f
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    method: str = _f("lora", "lora (adapter only) or full (every weight; no adapter, a model dir)")
+    method: Literal["lora", "full"] = _f(
+        "lora", "lora (adapter only) or full (every weight; no adapter, a model dir)")
     rank: int = _f(16, "LoRA rank r (paper: 16)")
     alpha: int = _f(32, "LoRA alpha; scale = alpha / r (paper: 32)")
     dropout: float = _f(0.05, "LoRA dropout (paper: 0.05)")
@@ -28,10 +31,14 @@ class TrainConfig:
     grad_accum: int = _f(1, "micro-batches per optimizer step")
     max_length: int = _f(1024, "longest example in tokens; longer ones are dropped (and counted)")
     weight_decay: float = _f(0.0, "AdamW weight decay")
-    bf16: str = _f("auto", "auto (bf16 where the CPU/GPU supports it), true or false")
+    bf16: Literal["auto", "true", "false"] = _f(
+        "auto", "auto (bf16 where the CPU/GPU supports it), true or false")
     gradient_checkpointing: bool = _f(False, "recompute activations to save memory")
     save_every: int = _f(20, "checkpoint every N optimizer steps (resume point after a kill)")
     seed: int = _f(0, "data order and adapter init seed")
     merge: bool = _f(False, "also write a merged model directory (base + adapter)")
     init_adapter: str = _f("", "LoRA adapter directory to continue training from (online PersD "
                            "rounds); its rank and modules replace rank/alpha/target_modules")
+
+    def __post_init__(self) -> None:
+        check_choices(self, "train")

@@ -160,10 +160,12 @@ def retry_after_s(e: Exception) -> float | None:
 
 class Teacher:
     def __init__(self, cfg: TeacherConfig, base_url: str, model: str, cache_path: Path,
-                 identity: str | None = None):
+                 identity: str | None = None, timeout_s: float | None = None):
         """`identity` names the endpoint in cache keys (default: base_url); a local server on a
-        random port passes a stable one so re-runs hit the cache."""
+        random port passes a stable one so re-runs hit the cache. `timeout_s` replaces
+        cfg.timeout_s (the engine's own local server gets cfg.server_timeout_s)."""
         self.cfg, self.base_url, self.model = cfg, base_url.rstrip("/"), model
+        self.timeout_s = timeout_s or cfg.timeout_s
         self.identity = identity or self.base_url
         self.cache = ResponseCache(cache_path)
         self.price_in, self.price_out = prices(model, cfg)
@@ -180,7 +182,7 @@ class Teacher:
         from openai import AsyncOpenAI
 
         key = os.environ.get(self.cfg.api_key_env) or "EMPTY"  # local servers need none
-        return AsyncOpenAI(base_url=self.base_url, api_key=key, timeout=self.cfg.timeout_s,
+        return AsyncOpenAI(base_url=self.base_url, api_key=key, timeout=self.timeout_s,
                            max_retries=0)  # our own retry loop (Retry-After, counting, circuit)
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:

@@ -5,8 +5,9 @@ import argparse
 
 import pytest
 
-from engine.config import RunConfig, add_config_args, config_from_args
+from engine.config import RunConfig, TeacherConfig, add_config_args, config_from_args
 from engine.models import resolve_model
+from train.config import TrainConfig
 
 
 def parse(argv):
@@ -81,3 +82,17 @@ def test_user_errors_are_one_line_and_exit_2(argv, message):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == message
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: parse(["--student.prompt_format", "chatt"]),
+     "student.prompt_format: 'chatt' is not one of chat, completion"),
+    (lambda: parse(["--dataset", "persd-refined"]), "dataset: 'persd-refined' is not one of persd"),
+    (lambda: parse(["--train.method", "lroa"]), "train.method: 'lroa' is not one of lora, full"),
+    (lambda: TrainConfig(bf16="yes"), "train.bf16: 'yes' is not one of auto, true, false"),
+    (lambda: TeacherConfig(api="chat-completions"), "teacher.api: 'chat-completions' is not one"),
+])
+def test_choices_are_checked_by_their_literal_type(build, message):
+    """A Literal-typed field is checked wherever the record is made: file, flag or Python."""
+    with pytest.raises(ValueError, match=message):
+        build()

@@ -327,3 +327,21 @@ def test_teacher_config_help_renders():
     parser = argparse.ArgumentParser()
     add_config_args(parser, TeacherConfig)
     assert "--budget_usd" in parser.format_help()
+
+
+def test_the_engines_own_server_gets_the_long_timeout(tmp_path):
+    """A loaded local server answers slowly but surely: a reply slower than timeout_s is waited
+    for (server_timeout_s) when the engine started the server, and times out against a remote
+    endpoint. (At 300 s every request of a loaded 2-core round timed out and the run stopped.)"""
+    from engine.teacher.endpoint import Endpoint
+
+    cfg = TeacherConfig(**{**FAST, "max_retries": 0, "timeout_s": 0.5, "server_timeout_s": 10.0})
+    with FaultyServer() as server:
+        local = Endpoint(server.url, "m", "local:weights", local=True).teacher(
+            cfg, tmp_path / "a.jsonl")
+        [reply] = run(local, [ask("[faults ok@1.5] slow but sure")])
+        assert reply.texts and local.timeout_s == 10.0
+        remote = Endpoint(server.url, "m", server.url, local=False).teacher(
+            cfg, tmp_path / "b.jsonl")
+        [reply] = run(remote, [ask("[faults ok@1.5] slow, and remote")])
+        assert not reply.texts and reply.failure is Failure.RETRIES   # it timed out

@@ -1,0 +1,318 @@
+"""One pass of personalised distillation as a sequence of stage calls, in the order data flows.
+
+    inputs   = load()                     0 setup: tasks (decontaminated), seen tests, the student
+    attempts = attempt(inputs)            1-2 the student tries every task; the sandbox grades
+    before   = evaluate("eval-before")    7a the base student on the held-out set
+    teacher  = refine(failures)           3 the teacher rectifies the failures (+ StanD answers)
+    verified = verify(teacher)            4 every refinement graded against the same tests
+    datasets = build(verified)            5 PersD, PersD-refine, PersD-combined, StanD, InpD
+    adapter  = train(datasets)            6 LoRA fine-tune in its own process
+    after    = evaluate("eval-after")     7b the student with its adapter
+               online(...)                   optional online rounds (engine/online.py)
+    summary.json                          8 report
+
+Each step is a stage of `engine/stages/` through the run store, so a resumed run skips what is
+done. The student engine is released before the teacher starts (their cores and memory are the
+same ones on a small machine), and started again, lazily, only if a later step samples.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from common.errors import EmptyDataset
+from engine import personal, stages
+from engine.config import RunConfig
+from engine.records import Attempt, Example, Grade, Refinement, Task
+from engine.store import RunStore
+
+# Training tasks per student submission: large enough that vLLM's continuous batching stays
+# full (a 64-task batch waited for its slowest sample before the next began), small enough that
+# a kill loses little (the batch commits as one transaction).
+ATTEMPT_BATCH = 256
+
+
+@contextmanager
+def timed(timings: dict[str, float], name: str):
+    t0 = time.monotonic()
+    print(f"== {name}", file=sys.stderr, flush=True)
+    yield
+    timings[name] = round(timings.get(name, 0.0) + time.monotonic() - t0, 1)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What every stage reads: the training and held-out tasks and the student's identity."""
+
+    train_tasks: list[Task]
+    eval_tasks: list[Task]
+    student_dir: str
+    student_id: str          # content hash of the student's weights
+
+    @property
+    def tasks(self) -> dict[str, Task]:
+        return {t.task_id: t for t in self.train_tasks}
+
+
+@dataclass(frozen=True)
+class Attempts:
+    """Stages 1-2: every attempt and its grade."""
+
+    attempts: dict[str, Attempt]
+    grades: dict[str, Grade]
+
+    @property
+    def failed(self) -> list[Attempt]:
+        return [a for a in self.attempts.values() if not self.grades[a.attempt_id].passed]
+
+
+@dataclass
+class TeacherWork:
+    """Stage 3: the refinements (all rounds), the StanD answers, and the jobs that asked them."""
+
+    teacher: object                  # engine.teacher.Teacher (its usage and prices)
+    model: str
+    identity: str
+    refinements: list[Refinement]
+    stand: list[Refinement]
+    rounds: list[list[stages.TeacherJob]]
+    stand_jobs: list[stages.TeacherJob]
+
+
+class Pipeline:
+    """The run's stages with the parts they share: the run store, the sandbox pool, the student
+    pool, the stage clock and the summary."""
+
+    def __init__(self, cfg: RunConfig, run: RunStore, student_pool=None):
+        from sandbox.pool import SandboxPool
+
+        self.cfg, self.run = cfg, run
+        self.timings: dict[str, float] = {}
+        self.summary: dict = {"run_dir": str(run.path), "dataset": cfg.dataset}
+        self.sandbox = SandboxPool(cfg.sandbox)
+        self.pool = student_pool
+        self.own_pool = student_pool is None
+
+    def clock(self, name: str):
+        return timed(self.timings, name)
+
+    # ---------------------------------------------------------------------------------- the pass
+    def __call__(self) -> dict:
+        cfg = self.cfg
+        before = None
+        try:
+            inputs = self.load()
+            tried = self.attempt(inputs)
+            before = self.evaluate(inputs, "eval-before")
+            self.release_student()
+            work = self.refine(inputs, tried)
+            verified = self.verify(inputs, work)
+            datasets = self.build(inputs, tried, work, verified)
+            self.report_data(inputs, tried, work, verified, datasets, before)
+            if not cfg.skip_train:
+                adapter = self.train(inputs, datasets)
+                after = self.evaluate(inputs, "eval-after", adapter)
+                self.report_after(adapter, after)
+                if cfg.online_rounds:
+                    self.online(inputs, tried, work, verified, datasets, adapter, after)
+        finally:
+            # programs the executor broke on were re-run once and are counted apart, never as
+            # student failures; tests judged inside the program (class protocols) are counted
+            self.summary["sandbox"] = asdict(self.sandbox.stats)
+            self.sandbox.close()
+            if self.own_pool and self.pool is not None:
+                self.pool.close()
+        return self.write_summary(inputs, before)
+
+    # ------------------------------------------------------------------------------------ stages
+    def load(self) -> Inputs:
+        """0: the pool (less what overlaps the eval sets), the held-out set, the student."""
+        from engine.models import model_identity, resolve_model
+        from engine.student import LazyPool
+        from engine.tasks import load_tasks
+        from engine.tasks.docstring_tests import verify_seen_tests
+        from engine.tasks.overlap import load_pool
+
+        data = self.cfg.data
+        with self.clock("0-setup"):
+            pool_tasks, overlap = load_pool(data.train_tasks, data.train_limit, data.decontaminate)
+            if overlap is not None:
+                self.summary["decontamination"] = overlap
+            # seen tests are checked against the references in this run's own sandbox pool
+            train_tasks = verify_seen_tests(pool_tasks, self.sandbox)
+            eval_tasks = verify_seen_tests(load_tasks(data.eval_tasks, data.eval_limit,
+                                                      verify_seen=False), self.sandbox)
+            student_dir = resolve_model(self.cfg.student.model)
+            inputs = Inputs(train_tasks, eval_tasks, student_dir, model_identity(student_dir))
+        if self.pool is None:
+            self.pool = LazyPool(student_dir, self.cfg.student)
+        return inputs
+
+    def attempt(self, inputs: Inputs) -> Attempts:
+        """1-2: the student's attempts at every training task, graded."""
+        from engine.student import Decoding, Sampling
+
+        st, tasks = self.cfg.student, inputs.tasks
+        with self.clock("1-attempt"):
+            attempts = {a.attempt_id: a for a in stages.attempt_stage(
+                self.run, "attempts", self.pool, stages.task_jobs(inputs.train_tasks),
+                model_id=inputs.student_id, decoding=Decoding.of(st),
+                sampling=Sampling.attempts(st), batch=ATTEMPT_BATCH)}
+        with self.clock("2-grade"):
+            grades = stages.grade_stage(self.run, "grades", self.sandbox, [
+                (a.attempt_id, tasks[a.task_id], a.code) for a in attempts.values()])
+        tried = Attempts(attempts, grades)
+        self.summary["attempts"] = {"tasks": len(inputs.train_tasks), "samples": len(attempts),
+                                    "passed": len(attempts) - len(tried.failed),
+                                    "failed": len(tried.failed)}
+        return tried
+
+    def evaluate(self, inputs: Inputs, name: str, adapter: Path | None = None):
+        """7a/7b: pass@k on the held-out set (with multi-step rounds when configured)."""
+        from engine.evaluate import evaluate
+
+        with self.clock("7a-eval-before" if adapter is None else "7b-eval-after"):
+            return evaluate(self.pool, self.sandbox, inputs.eval_tasks, self.cfg.eval,
+                            self.cfg.student, self.run, name,
+                            adapter=str(adapter) if adapter else None,
+                            model_id=inputs.student_id)
+
+    def release_student(self) -> None:
+        if self.own_pool:
+            self.pool.close()  # its memory and cores go to the teacher and the trainer
+
+    def refine(self, inputs: Inputs, tried: Attempts) -> TeacherWork:
+        """3: refinements of the failures, round by round, and the StanD answers."""
+        from engine.teacher.endpoint import teacher_endpoint
+
+        tc, run = self.cfg.teacher, self.run
+        with teacher_endpoint(self.cfg, run, self.clock) as endpoint:
+            teacher = endpoint.teacher(tc, Path(run.path) / "teacher-cache.jsonl")
+            asyncio.run(teacher.check_reachable())
+            refs, rounds = stages.refine_rounds(run, teacher, self.sandbox, tried.failed,
+                                                inputs.tasks, tried.grades, tc, self.clock)
+            stand_jobs = stages.stand_jobs(inputs.train_tasks) if tc.stand else []
+            with self.clock("3-refine"):
+                stand = stages.refine_stage(run, "stand-answers", teacher, stand_jobs, "stand")
+        work = TeacherWork(teacher, endpoint.model, endpoint.identity, list(refs.values()),
+                           list(stand.values()), rounds, stand_jobs)
+        run.export("refinements", work.refinements)
+        run.export("stand-answers", work.stand)
+        return work
+
+    def verify(self, inputs: Inputs, work: TeacherWork) -> dict[str, Grade]:
+        """4: every refinement and StanD answer against its task's tests."""
+        with self.clock("4-verify"):
+            return stages.verify_stage(self.run, self.sandbox, work.refinements + work.stand,
+                                       inputs.tasks)
+
+    def build(self, inputs: Inputs, tried: Attempts, work: TeacherWork,
+              verified: dict[str, Grade]) -> dict[str, list[Example]]:
+        """5: the datasets, and each example's personalisation."""
+        with self.clock("5-datasets"):
+            datasets = stages.build_datasets(
+                inputs.tasks, tried.attempts, tried.grades, stages.one_per_attempt(
+                    work.refinements + work.stand, verified, tried.attempts,
+                    self.cfg.teacher.keep), verified)
+            for name, examples in datasets.items():
+                self.run.export(name, examples)
+            rows = stages.personalisation(datasets, tried.attempts, tried.grades, inputs.tasks)
+            self.run.export("personalisation", rows)
+        self.summary["personalisation"] = personal.summarise(rows)
+        return datasets
+
+    def train(self, inputs: Inputs, datasets: dict[str, list[Example]]) -> Path:
+        """6: the LoRA adapter on the configured dataset."""
+        from engine.stages.train import train_adapter
+
+        name = self.cfg.dataset
+        if not datasets[name]:
+            raise EmptyDataset(f"dataset {name!r} is empty: no verified examples to train on "
+                               "(see refinements.jsonl and verified.jsonl)")
+        with self.clock("6-train"):
+            return train_adapter(self.cfg, self.run.file(name), inputs.student_dir,
+                                 inputs.student_id, self.run.path / "train")
+
+    def online(self, inputs: Inputs, tried: Attempts, work: TeacherWork,
+               verified: dict[str, Grade], datasets: dict[str, list[Example]], adapter: Path,
+               after) -> None:
+        """Online rounds: the adapted student tries again, the teacher refines, it trains on."""
+        from engine.online import round_row, run_online
+        from engine.tasks.overlap import load_pool
+
+        cfg, examples = self.cfg, datasets[self.cfg.dataset]
+        first = round_row(0, len(inputs.train_tasks), len(tried.attempts), len(tried.failed),
+                          stages.solved_attempts(work.refinements, verified), len(examples),
+                          len(examples), adapter, after)
+        rows = [first] + run_online(
+            cfg, self.run, self.pool, self.sandbox,
+            load_pool(cfg.data.train_tasks, 0, cfg.data.decontaminate)[0], tried.attempts,
+            tried.grades, examples, adapter, inputs.eval_tasks, inputs.student_dir,
+            inputs.student_id, self.clock, self.own_pool, work.refinements + work.stand,
+            verified)
+        self.summary["online"] = rows
+        self.summary.update(adapter=rows[-1]["adapter"], adapter_id=rows[-1]["adapter_id"],
+                            pass_after=rows[-1]["pass_after"])
+
+    # ------------------------------------------------------------------------------------ report
+    def report_data(self, inputs: Inputs, tried: Attempts, work: TeacherWork,
+                    verified: dict[str, Grade], datasets: dict[str, list[Example]],
+                    before) -> None:
+        from engine.teacher import Usage
+
+        teacher = work.teacher
+
+        def passed(rid: str) -> bool:
+            return rid in verified and verified[rid].passed
+
+        def tokens(recs: list[Refinement], jobs: list, stage: str) -> dict:
+            ids = {r.refinement_id for r in recs}
+            pt, ct = sum(r.prompt_tokens for r in recs), sum(r.completion_tokens for r in recs)
+            return {"calls": sum(j.job_id in ids for j in jobs),  # requests answered
+                    "samples": len(recs), "cached": sum(r.cached for r in recs),
+                    "prompt_tokens": pt, "completion_tokens": ct,
+                    "cost_usd": round(teacher.cost(pt, ct), 6),  # every answer used, list price
+                    "extraction_failed": sum(r.code is None for r in recs),
+                    "unchanged": sum(r.unchanged for r in recs),  # the code it was shown
+                    "verified": sum(passed(r.refinement_id) for r in recs),
+                    "this_run": asdict(teacher.usage.get(stage, Usage()))}  # failed, by reason
+
+        self.summary["teacher"] = {
+            "model": work.model, "identity": work.identity,
+            "price_per_mtok": [teacher.price_in, teacher.price_out],
+            "refine": {**tokens(work.refinements, [j for js in work.rounds for j in js],
+                                "refine"),
+                       "verified_by_round": [sum(passed(i) for j in js for i in j.ids)
+                                             for js in work.rounds]},
+            "stand": tokens(work.stand, work.stand_jobs, "stand"),
+            "calls_sent_this_run": teacher.calls,
+            "spent_usd_this_run": round(teacher.spent_usd, 6)}
+        self.summary["datasets"] = {k: len(v) for k, v in datasets.items()}
+        self.summary["student"] = {"model": self.cfg.student.model, "model_id": inputs.student_id}
+        self.summary["pass_before"] = before.pass_at
+        if self.cfg.eval.rounds:
+            self.summary["pass_before_per_round"] = list(before.rounds)
+
+    def report_after(self, adapter: Path, after) -> None:
+        self.summary.update(adapter=str(adapter), adapter_id=after.adapter_id,
+                            pass_after=after.pass_at)
+        if self.cfg.eval.rounds:
+            self.summary["pass_after_per_round"] = list(after.rounds)
+
+    def write_summary(self, inputs: Inputs, before) -> dict:
+        """8: summary.json, written atomically."""
+        summary, cfg = self.summary, self.cfg
+        summary["eval"] = {"tasks": len(inputs.eval_tasks), "n": cfg.eval.n,
+                           "set": cfg.data.eval_tasks, "without_samples": before.without_samples}
+        summary["seconds_per_stage"] = self.timings
+        summary["jobs"] = self.run.stats  # per stage: reused from the store / computed now
+        tmp = self.run.path / "summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp, self.run.path / "summary.json")
+        return summary
