@@ -190,6 +190,28 @@ class EvalConfig:
     rounds: int = _f(0, "multi-step inference: extra rounds in which the student fixes samples "
                      "that fail the seen tests, shown seen-test feedback only (0 = single step)")
 
+    def __post_init__(self) -> None:
+        if self.n > 1 and self.temperature == 0:
+            raise ConfigError(f"eval.n: greedy decoding (eval.temperature 0) gives one sample, "
+                              f"not {self.n}; set a temperature > 0")
+        if any(k > self.n for k in self.k):
+            raise ConfigError(f"eval.k: every k must be <= eval.n ({self.n}), got {self.k}")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """`python -m engine.evaluate`: what to evaluate and on which tasks, with the same student
+    and eval sections as a run's config tree."""
+
+    tasks: str = _f("humaneval", "task set: humaneval, builtin-heldout, mbpp-test:PATH, a task "
+                    "file, or specs joined by + (see engine/tasks/loaders.py)")
+    limit: int = _f(0, "evaluate on the first N tasks (0 = all)")
+    adapter: str = _f("", "LoRA adapter directory (empty: the base model)")
+    out: str = _f("runs/eval", "directory of the results, each named by what was evaluated "
+                  "(model and adapter content hashes, settings, task set)")
+    student: StudentConfig = field(default_factory=StudentConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
 
 Dataset = Literal["persd", "persd-refine", "persd-combined", "stand", "stand-matched", "inpd"]
 DATASETS: tuple[str, ...] = typing.get_args(Dataset)
@@ -229,9 +251,4 @@ class RunConfig:
         if self.student.samples > 1 and self.student.temperature == 0:
             raise ConfigError("student.samples: greedy decoding (student.temperature 0) gives one "
                              f"sample, not {self.student.samples}; set a temperature > 0")
-        if self.eval.n > 1 and self.eval.temperature == 0:
-            raise ConfigError(f"eval.n: greedy decoding (eval.temperature 0) gives one sample, "
-                             f"not {self.eval.n}; set a temperature > 0")
-        if any(k > self.eval.n for k in self.eval.k):
-            raise ConfigError(f"eval.k: every k must be <= eval.n ({self.eval.n}), got {self.eval.k}")
 

@@ -1,7 +1,8 @@
 """pass@k evaluation of a base model, or base + LoRA adapter, through the student pool.
 
     python -m engine.evaluate --model qwen2.5-coder-0.5b-instruct --tasks humaneval --limit 20
-    python -m engine.evaluate --model ./base --adapter runs/x/adapter --n 10 --k 1,5 --temperature 0.8
+    python -m engine.evaluate --adapter runs/x/adapter --eval.n 10 --eval.k 1,5 --eval.temperature 0.8
+    python -m engine.evaluate --tasks humaneval --eval.rounds 2      # multi-step inference
 
 Results go to `--out` (default runs/eval) under a name made from what was evaluated (model and
 adapter content hashes, eval settings, task set): `eval-<id>-results.jsonl`, `-summary.json`.
@@ -19,9 +20,10 @@ from typing import Sequence
 
 import numpy as np
 
-from common.errors import PersdError
+from common.errors import ConfigError, PersdError
 from engine import stages
-from engine.config import EvalConfig, StudentConfig
+from engine.config import (EvalConfig, EvaluateConfig, StudentConfig, add_config_args,
+                           config_from_args)
 from engine.records import Attempt, EvalResult, Grade, Task
 from engine.store import RunStore, content_hash, fingerprint
 from engine.student import Decoding, LazyPool, Sampling, StudentPool
@@ -138,30 +140,21 @@ def evaluate(pool: StudentPool, sandbox, tasks: Sequence[Task], cfg: EvalConfig,
 def main(argv: list[str] | None = None) -> None:
     from engine.tasks import load_tasks
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--model", default=StudentConfig.model)
-    ap.add_argument("--adapter", default=None, help="LoRA adapter directory")
-    ap.add_argument("--tasks", default="humaneval", help="humaneval, builtin-heldout or a file")
-    ap.add_argument("--limit", type=int, default=0, help="first N tasks (0 = all)")
-    ap.add_argument("--n", type=int, default=1)
-    ap.add_argument("--k", default="1", help="comma-separated k values")
-    ap.add_argument("--temperature", type=float, default=0.0)
-    ap.add_argument("--rounds", type=int, default=0,
-                    help="multi-step inference: extra rounds fixing samples that fail seen tests")
-    ap.add_argument("--max-tokens", type=int, default=512)
-    ap.add_argument("--prompt-format", default="chat", choices=("chat", "completion"))
-    ap.add_argument("--out", default="runs/eval", help="directory for per-task JSONL")
+    ap = argparse.ArgumentParser(prog="python -m engine.evaluate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(ap, EvaluateConfig)   # the same config machinery as engine.distill
+    ap.add_argument("--model", help="shorthand for --student.model")
     args = ap.parse_args(argv)
-    if args.adapter and not Path(args.adapter, "adapter_config.json").exists():
-        raise SystemExit(f"--adapter: {args.adapter} has no adapter_config.json")
-    ks = tuple(int(k) for k in args.k.split(","))
-    cfg = EvalConfig(n=args.n, k=ks, temperature=args.temperature, max_tokens=args.max_tokens,
-                     rounds=args.rounds)
-    student = StudentConfig(model=args.model, prompt_format=args.prompt_format)
+    if args.model:
+        setattr(args, "student.model", args.model)
     try:
-        out = evaluate_into(Path(args.out), args.model, args.adapter,
-                            load_tasks(args.tasks, args.limit), cfg, student, task_spec=args.tasks)
-    except PersdError as e:   # a missing model or task file, a run in use: one line
+        cfg = config_from_args(args, EvaluateConfig)
+        if cfg.adapter and not Path(cfg.adapter, "adapter_config.json").exists():
+            raise ConfigError(f"adapter: {cfg.adapter} has no adapter_config.json")
+        out = evaluate_into(Path(cfg.out), cfg.student.model, cfg.adapter or None,
+                            load_tasks(cfg.tasks, cfg.limit), cfg.eval, cfg.student,
+                            task_spec=cfg.tasks)
+    except PersdError as e:   # a bad setting, a missing model or task file, a run in use
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     print(json.dumps(out))

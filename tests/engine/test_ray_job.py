@@ -48,7 +48,7 @@ def test_ray_job_submit_runs_an_evaluation(ray_head, tiny_model, tmp_path):
     out = tmp_path / "eval"
     cmd = [ray, "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
            sys.executable, "-m", "engine.evaluate", "--model", str(tiny_model), "--tasks", str(tasks),
-           "--max-tokens", "16", "--out", str(out)]
+           "--eval.max_tokens", "16", "--out", str(out)]
     for attempt in range(3):  # the job agent can take a few seconds to accept jobs
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
         if "No available agent" not in done.stdout + done.stderr:
