@@ -164,17 +164,12 @@ def per_task(run: Path, name: str) -> dict[str, list[float]] | None:
     return out
 
 
-def paired_ci(a: dict[str, list[float]], b: dict[str, list[float]], step: int,
-              resamples: int = 10000, seed: int = 0) -> dict:
-    """Mean difference b - a over the tasks both have, with a 95% percentile bootstrap interval
-    that resamples tasks (pairs kept together)."""
-    ids = sorted(set(a) & set(b))
-    d = np.array([b[i][step] - a[i][step] for i in ids])
-    rng = np.random.default_rng(seed)
-    boots = d[rng.integers(0, len(d), size=(resamples, len(d)))].mean(axis=1)
-    lo, hi = np.percentile(boots, [2.5, 97.5])
-    return {"tasks": len(ids), "diff": round(float(d.mean()), 4), "ci95": [round(float(lo), 4),
-            round(float(hi), 4)], "within_noise": bool(lo <= 0 <= hi)}
+def paired_ci(a: dict[str, list[float]], b: dict[str, list[float]], step: int) -> dict:
+    """b - a at one inference step, paired over tasks (engine.evaluate.paired_bootstrap)."""
+    from engine.evaluate import paired_bootstrap
+
+    return paired_bootstrap({t: v[step] for t, v in a.items()},
+                            {t: v[step] for t, v in b.items()})
 
 
 def report(cfg: RunConfig, out: Path) -> dict:

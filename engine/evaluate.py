@@ -62,6 +62,23 @@ def summarise(results: Sequence[EvalResult], ks: Sequence[int]) -> dict[str, flo
             for k in ks}
 
 
+def paired_bootstrap(a: dict[str, float], b: dict[str, float], resamples: int = 10000,
+                     seed: int = 0) -> dict:
+    """Mean per-task difference b - a over the tasks both have, with a 95% percentile bootstrap
+    interval that resamples tasks (each task's pair kept together): the interval a reader needs
+    to tell a change from noise when both runs were scored on the same tasks."""
+    ids = sorted(set(a) & set(b))
+    if not ids:
+        raise ValueError("paired_bootstrap: the two evaluations share no task")
+    d = np.array([b[i] - a[i] for i in ids])
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, len(d), size=(resamples, len(d)))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {"tasks": len(ids), "diff": round(float(d.mean()), 4),
+            "ci95": [round(float(lo), 4), round(float(hi), 4)],
+            "within_noise": bool(lo <= 0 <= hi)}
+
+
 def task_set_id(tasks: Sequence[Task]) -> str:
     """Content hash of a task set (prompts, tests, setup): results are only reused for it."""
     return fingerprint("tasks", list(tasks))

@@ -315,4 +315,18 @@ class Pipeline:
         tmp = self.run.path / "summary.json.tmp"
         tmp.write_text(json.dumps(summary, indent=2))
         os.replace(tmp, self.run.path / "summary.json")
+        self.write_report()
         return summary
+
+    def write_report(self) -> None:
+        """report.md and its plots; a report that cannot be drawn never fails a finished run
+        (`python -m engine.report RUN` rebuilds it)."""
+        from engine.report import build
+
+        try:
+            path = build(self.run.path)
+        except Exception as e:  # noqa: BLE001 - the run's results are already safe on disk
+            print(f"[report] could not build the report: {type(e).__name__}: {e}",
+                  file=sys.stderr, flush=True)
+        else:
+            print(f"[report] {path}", file=sys.stderr, flush=True)

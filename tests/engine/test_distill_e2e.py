@@ -121,3 +121,32 @@ def test_personalisation_is_measured_and_stand_matched_has_persd_size(e2e):
     assert unchanged and all(">r1." in r.refinement_id and wrong_on_purpose(r.task_id)
                              for r in unchanged)
     assert summary["teacher"]["refine"]["unchanged"] == len(unchanged)
+
+
+def test_the_run_ends_with_a_report_of_its_own_numbers(e2e):
+    """report.md holds every section with the run's real numbers, and its plots are PNGs;
+    `python -m engine.report` rebuilds it, and compares runs side by side."""
+    import subprocess
+    import sys
+
+    tasks, run, summary, *_ = e2e
+    text = (run.path / "report.md").read_text()
+    for section in ("## pass@k", "## Funnel", "## Personalisation", "## Teacher",
+                    "## Where the time went", "## Tasks that changed"):
+        assert section in text, section
+    before, after = summary["pass_before"]["pass@1"], summary["pass_after"]["pass@1"]
+    assert f"| pass@1 | {100 * before:.1f} | {100 * after:.1f} |" in text
+    assert f"| failed attempts | {summary['attempts']['failed']} |" in text
+    assert f"| refinements | {summary['teacher']['refine']['samples']} |" in text
+    assert "95% bootstrap interval" in text and "1-step" in text
+    for name in ("pass", "funnel", "personal", "time"):
+        png = (run.path / f"report-{name}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000, name
+    (run.path / "report.md").unlink()
+    done = subprocess.run([sys.executable, "-m", "engine.report", str(run.path), str(run.path),
+                           "--out", str(run.path / "compare.md")], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (run.path / "report.md").read_text() == text
+    compare = (run.path / "compare.md").read_text()
+    assert "| +0.0 | [+0.0, +0.0] | within noise |" in compare   # a run against itself

@@ -30,3 +30,19 @@ def test_a_task_without_samples_scores_zero_and_too_few_samples_is_an_error():
     assert summarise(results, (1,)) == {"pass@1": 0.5}
     with pytest.raises(ValueError, match="pass@2 of task c: only 1 samples"):
         summarise([EvalResult("c", None, 1, 1)], (2,))
+
+
+def test_paired_bootstrap_tells_a_change_from_noise():
+    from engine.evaluate import paired_bootstrap
+
+    a = {f"t{i}": float(i % 2) for i in range(100)}
+    same = paired_bootstrap(a, dict(a))
+    assert same["diff"] == 0 and same["ci95"] == [0, 0] and same["within_noise"]
+    better = {t: 1.0 for t in a}                       # +50 points on 100 tasks
+    up = paired_bootstrap(a, better)
+    assert up["diff"] == 0.5 and not up["within_noise"] and 0.38 < up["ci95"][0] < 0.5
+    one_flip = dict(a, t0=1.0)                         # +1 point: noise
+    assert paired_bootstrap(a, one_flip)["within_noise"]
+    assert paired_bootstrap(a, {"t1": 1.0, "x": 0.0})["tasks"] == 1   # only shared tasks count
+    with pytest.raises(ValueError, match="share no task"):
+        paired_bootstrap(a, {"x": 1.0})
