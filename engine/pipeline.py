@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from common.errors import EmptyDataset
-from engine import personal, stages
+from engine import personal, runlog, stages
 from engine.config import RunConfig
 from engine.records import Attempt, Example, Grade, Refinement, Task
 from engine.store import RunStore
@@ -42,8 +42,10 @@ ATTEMPT_BATCH = 256
 def timed(timings: dict[str, float], name: str):
     t0 = time.monotonic()
     print(f"== {name}", file=sys.stderr, flush=True)
+    runlog.event(name, "stage-start")
     yield
     timings[name] = round(timings.get(name, 0.0) + time.monotonic() - t0, 1)
+    runlog.event(name, "stage-end", seconds=round(time.monotonic() - t0, 3))
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ class Pipeline:
         self.sandbox = SandboxPool(cfg.sandbox)
         self.pool = student_pool
         self.own_pool = student_pool is None
+        runlog.set_event_log(run.path / "events.jsonl")   # stage and progress events, JSONL
 
     def clock(self, name: str):
         return timed(self.timings, name)
@@ -128,6 +131,7 @@ class Pipeline:
             self.sandbox.close()
             if self.own_pool and self.pool is not None:
                 self.pool.close()
+            runlog.set_event_log(None)
         return self.write_summary(inputs, before)
 
     # ------------------------------------------------------------------------------------ stages

@@ -120,6 +120,7 @@ def ask_teacher(teacher: Teacher, jobs: Sequence[TeacherJob], *, stage: str = "r
     progress = Progress(stage, len(jobs), unit="calls")
     replies = asyncio.run(teacher.complete_many(msgs, lambda i, r: progress.update(), n=n,
                                                 stage=stage, extras=[j.extra for j in jobs]))
+    progress.finish()
     out, failed = [], Counter()
     for job, reply in zip(jobs, replies):
         if reply.failure is not None:
