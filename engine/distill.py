@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m engine.distill", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(ap)
+    ap.add_argument("--json", action="store_true", help="print summary.json at the end")
+    ap.add_argument("--debug", action="store_true", help="tracebacks for user errors too")
     args = ap.parse_args(argv)
     try:
         cfg = config_from_args(args)
@@ -134,9 +136,29 @@ def main(argv: list[str] | None = None) -> None:
     try:
         summary = run_distill(cfg)
     except PersdError as e:   # the user's to fix: one line, no traceback
+        if args.debug:
+            raise
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2) if args.json else headline(summary))
+
+
+def headline(s: dict) -> str:
+    """What a run did, in a few lines, and where the report is."""
+    before, after = s.get("pass_before", {}), s.get("pass_after", {})
+    ds, att = s.get("datasets", {}), s.get("attempts", {})
+    lines = [f"run directory: {s['run_dir']}",
+             f"attempts: {att.get('samples')} on {att.get('tasks')} tasks, "
+             f"{att.get('failed')} failed; verified personalised examples: {ds.get('persd', 0)} "
+             f"(training set {s.get('dataset')}: {ds.get(s.get('dataset'), 0)})"]
+    for k, v in before.items():
+        lines.append(f"{k}: {100 * v:.1f} before" + (f", {100 * after[k]:.1f} after "
+                                                       f"({100 * (after[k] - v):+.1f} points)"
+                                                       if k in after else ""))
+    report = Path(s["run_dir"]) / "report.md"
+    lines.append(f"report: {report}" if report.exists() else "report: not written (see the log)")
+    lines.append(f"summary: {Path(s['run_dir']) / 'summary.json'}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
