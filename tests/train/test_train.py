@@ -1,6 +1,7 @@
 """The LoRA trainer: completion-only loss, loss goes down, resume after a kill."""
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -100,3 +101,42 @@ def test_init_adapter_continues_from_its_weights(tiny_model, tmp_path):
     assert any((w2[k] != w0[k]).any() for k in w0 if "lora_B" in k)
     with pytest.raises(DataError, match="init_adapter"):
         train(data, str(tiny_model), tmp_path / "d", TrainConfig(init_adapter=str(tmp_path)))
+
+
+def test_export_merges_the_adapter_into_a_plain_model(tiny_model, tmp_path):
+    """train.export's directory loads in transformers without PEFT and decodes as base + adapter
+    does; the base alone decodes otherwise (the adapter is really in the weights)."""
+    import subprocess
+    import sys
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    data = tmp_path / "d.jsonl"
+    write_examples(data, 14)
+    adapter = train(data, str(tiny_model), tmp_path / "out",
+                    TrainConfig(epochs=6, lr=2e-2, batch_tokens=512, save_every=1000))
+    out = tmp_path / "merged"
+    done = subprocess.run([sys.executable, "-m", "train.export", "--model", str(tiny_model),
+                           "--adapter", str(adapter), "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert not (out / "adapter_config.json").exists()
+    tok = AutoTokenizer.from_pretrained(out)
+    ids = tok("Write f3(x) returning x + 3.", return_tensors="pt").input_ids
+
+    def greedy(model) -> list[int]:
+        with torch.no_grad():
+            return model.generate(ids, max_new_tokens=12, do_sample=False)[0].tolist()
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    with_adapter = greedy(PeftModel.from_pretrained(base, adapter).merge_and_unload())
+    merged = greedy(AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32))
+    plain = greedy(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32))
+    assert merged == with_adapter and merged != plain
+    assert json.loads((out / "export.json").read_text())["adapter"] == str(adapter)
+    bad = subprocess.run([sys.executable, "-m", "train.export", "--model", str(tiny_model),
+                          "--adapter", str(tmp_path), "--out", str(tmp_path / "x")],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: --adapter:")
