@@ -153,7 +153,8 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, (int, float)):
         return repr(v)
     if isinstance(v, str):
-        return json.dumps(v)   # a JSON string is a TOML basic string (same escapes)
+        return json.dumps(v, ensure_ascii=False)   # a TOML basic string (the same escapes;
+        # unescaped non-ASCII, since TOML has no surrogate-pair escapes)
     if isinstance(v, (tuple, list)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     raise TypeError(f"cannot write {type(v).__name__} to TOML")

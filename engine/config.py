@@ -162,8 +162,9 @@ class TeacherConfig:
                      "circuit_window_s", "budget_usd"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"teacher.{name}: must be >= 0, got {getattr(self, name)}")
-        if self.timeout_s <= 0:
-            raise ConfigError(f"teacher.timeout_s: must be > 0, got {self.timeout_s}")
+        for name in ("timeout_s", "server_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"teacher.{name}: must be > 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

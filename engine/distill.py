@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from common.errors import PersdError
+from common.errors import ConfigError, PersdError
 from engine.config import RunConfig, add_config_args, config_from_args, to_dict
 from engine.pipeline import Pipeline
 from engine.store import RunStore
@@ -46,10 +46,14 @@ NOT_SETTINGS = ("run_dir", "on_change")  # how to run, not what is computed
 
 
 def changed_settings(old: dict | None, new: dict) -> list[str]:
-    """`key: old -> new` for every setting that differs from the run directory's last run."""
+    """`key: old -> new` for every setting that differs from the run directory's last run. A
+    setting that did not exist when that run was made counts as its default then (a run made
+    by an earlier version resumes under `--on_change refuse` unless the new setting is set)."""
     if old is None:
         return []
+    defaults = _flat(json.loads(json.dumps(to_dict(RunConfig()))))
     a, b = _flat(old), _flat(new)
+    a = {**{k: v for k, v in defaults.items() if k not in a}, **a}
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
             if k not in NOT_SETTINGS and a.get(k) != b.get(k)]
 
@@ -84,7 +88,7 @@ def open_run(cfg: RunConfig) -> RunStore:
     changes = changed_settings(run.get_meta("config"), new)
     if changes and cfg.on_change == "refuse":
         run.close()
-        raise ValueError(f"run directory {run.path} was made with other settings ("
+        raise ConfigError(f"run directory {run.path} was made with other settings ("
                          f"{'; '.join(changes)}); use the old settings, another --run_dir, or "
                          "--on_change recompute to recompute what they affect")
     if changes:

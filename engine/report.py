@@ -42,13 +42,17 @@ def _table(head: list[str], rows: list[list]) -> list[str]:
     return out + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
 
 
-def evaluations(run: Path, summary: dict) -> list[tuple[str, str, str]]:
-    """(label, before view, after view) for each inference step and online round present."""
+def evaluations(run: Path, summary: dict) -> list[tuple[str, str, str | None]]:
+    """(label, before view, after view) for each inference step and online round this run
+    evaluated (after view None: the run trained nothing; files of other invocations are never
+    taken for this run's)."""
     rounds = len(summary.get("pass_before_per_round") or [None])
+    trained = "pass_after" in summary
     out = []
     for r in range(rounds):
         tag = "" if r == 0 else f"-round{r}"
-        out.append((f"{r + 1}-step", f"eval-before{tag}-results", f"eval-after{tag}-results"))
+        out.append((f"{r + 1}-step", f"eval-before{tag}-results",
+                    f"eval-after{tag}-results" if trained else None))
     for row in summary.get("online") or []:
         if row["round"]:
             out.append((f"online round {row['round']}", "eval-before-results",
@@ -90,8 +94,8 @@ def build(run_dir: str | Path) -> Path:
     md += _table(["metric (last step)", "before", "after", "change (points)"], rows) + [""]
     paired = []
     for label, b, a in evaluations(run, summary):
-        pb, pa = per_task(run, b), per_task(run, a)
-        if pb and pa:
+        pb, pa = per_task(run, b), per_task(run, a) if a else {}
+        if pb and pa and set(pb) & set(pa):
             ci = paired_bootstrap(pb, pa)
             common = set(pb) & set(pa)
             paired.append([label, ci["tasks"], _pct(sum(pb[t] for t in common) / len(common)),
@@ -189,7 +193,8 @@ def build(run_dir: str | Path) -> Path:
                f"{sb.get('tests_inside', 0)} tests judged inside the program.", ""]
 
     # ---- flips
-    pb, pa = per_task(run, "eval-before-results"), per_task(run, "eval-after-results")
+    pb = per_task(run, "eval-before-results")
+    pa = per_task(run, "eval-after-results") if "pass_after" in summary else {}
     if pb and pa:
         up = sorted(t for t in pb if pb[t] < pa.get(t, 0))
         down = sorted(t for t in pb if pb[t] > pa.get(t, 0))
@@ -227,14 +232,17 @@ def plots(run: Path, summary: dict, funnel: list, times: dict) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.2))
     labels, b_vals, a_vals = [], [], []
     for label, b, a in steps:
-        pb, pa = per_task(run, b), per_task(run, a)
+        pb, pa = per_task(run, b), per_task(run, a) if a else {}
         if pb:
             labels.append(label)
             b_vals.append(100 * sum(pb.values()) / len(pb))
-            a_vals.append(100 * sum(pa.values()) / len(pa) if pa else 0.0)
+            a_vals.append(100 * sum(pa.values()) / len(pa) if pa else None)
     xs = range(len(labels))
-    ax.bar([x - 0.2 for x in xs], b_vals, 0.4, label="before")
-    ax.bar([x + 0.2 for x in xs], a_vals, 0.4, label="after")
+    trained = any(v is not None for v in a_vals)
+    width = 0.4 if trained else 0.6
+    ax.bar([x - (0.2 if trained else 0) for x in xs], b_vals, width, label="before")
+    if trained:
+        ax.bar([x + 0.2 for x in xs], [v or 0.0 for v in a_vals], width, label="after")
     ax.set_xticks(list(xs), labels)
     ax.set_ylabel("pass@1 (%)")
     ax.set_title("Held-out pass@1 before and after fine-tuning")

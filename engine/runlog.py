@@ -94,7 +94,10 @@ class Progress:
             self._line(f"{rate:.2f}/s ETA {eta:.0f}s")
 
     def finish(self) -> float:
+        if self._stop.is_set():
+            return time.monotonic() - self.t0
         self._stop.set()
+        self._beat.join()
         seconds = time.monotonic() - self.t0
         if self.bar is not None:
             self.bar.close()

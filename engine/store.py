@@ -174,19 +174,21 @@ class RunStore:
         st["reused"] += len(items) - len(todo)
         st["computed"] += len(todo)
         progress = Progress(name, len(items), already=len(items) - len(todo))
-        for i in range(0, len(todo), batch):
-            chunk = todo[i:i + batch]
-            by_job: dict[str, list[R]] = {}
-            for r in compute(chunk):
-                by_job.setdefault(rkey(r), []).append(r)
-            unknown = set(by_job) - {key(it) for it in chunk}
-            if unknown:
-                raise AssertionError(f"stage {name}: records for jobs not asked for: "
-                                     f"{sorted(unknown)[:3]}")
-            self.commit(name, [(k, prints[k], recs) for k, recs in by_job.items()])
-            found.update(by_job)
-            progress.update(len(chunk))
-        progress.finish()
+        try:
+            for i in range(0, len(todo), batch):
+                chunk = todo[i:i + batch]
+                by_job: dict[str, list[R]] = {}
+                for r in compute(chunk):
+                    by_job.setdefault(rkey(r), []).append(r)
+                unknown = set(by_job) - {key(it) for it in chunk}
+                if unknown:
+                    raise AssertionError(f"stage {name}: records for jobs not asked for: "
+                                         f"{sorted(unknown)[:3]}")
+                self.commit(name, [(k, prints[k], recs) for k, recs in by_job.items()])
+                found.update(by_job)
+                progress.update(len(chunk))
+        finally:
+            progress.finish()   # its heartbeat stops whether the stage finished or failed
         out = [r for it in items for r in found.get(key(it), ())]
         if export:
             self.export(name, out)

@@ -1,5 +1,6 @@
 """Grading untrusted programs: a pool of warm, bwrap-jailed workers (see pool.py).
 
+    records.py  Program, TestCase, Grade, Status: the interface, the same file host and jail use
     config.py   SandboxConfig, the `sandbox` section of the run config
     pool.py     SandboxPool: grade / agrade batches of Programs, replace dead workers
     launch.py   the bwrap jail, one worker's pipes, which isolation layers are active (host side)

@@ -6,7 +6,8 @@ directory that transformers, vLLM, or llama.cpp's converter load without PEFT.
     python convert_hf_to_gguf.py student-merged --outfile student.gguf --outtype bf16
 
 The merge is W + (alpha / r) * B A on each adapted layer (PEFT's merge_and_unload), in float32,
-then saved in the base model's dtype. `export.json` records what was merged, by content hash.
+then saved in the base model's dtype. `export.json` records what was merged: the base by path,
+the adapter by content hash.
 (The `gguf` package here reads and writes GGUF files but has no Hugging Face converter; that
 script lives in llama.cpp.)
 """
@@ -40,10 +41,13 @@ def export(model: str | Path, adapter: str | Path, out: str | Path) -> Path:
                        (adapter / "adapter_config.json", "--adapter")):
         if not path.exists():
             raise MissingFile(f"{what}: {path} does not exist")
+    from transformers import AutoConfig
+
+    dtype = getattr(AutoConfig.from_pretrained(model), "dtype", None) or torch.float32
     base = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
-    dtype = AutoModelForCausalLM.from_pretrained(model).dtype   # what the base ships in
     merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
-    merged.to(dtype).save_pretrained(out, safe_serialization=True)
+    merged.to(dtype if isinstance(dtype, torch.dtype) else getattr(torch, str(dtype)))
+    merged.save_pretrained(out, safe_serialization=True)
     AutoTokenizer.from_pretrained(model).save_pretrained(out)
     (out / "export.json").write_text(json.dumps({
         "base": str(model), "adapter": str(adapter), "adapter_sha256": _digest(adapter),

@@ -118,9 +118,11 @@ def ask_teacher(teacher: Teacher, jobs: Sequence[TeacherJob], *, stage: str = "r
     assert all(len(j.chains) == n for j in jobs), "one call asks every job for the same n"
     msgs = [prompts.teacher_messages(j.template, j.task, j.code, j.feedback) for j in jobs]
     progress = Progress(stage, len(jobs), unit="calls")
-    replies = asyncio.run(teacher.complete_many(msgs, lambda i, r: progress.update(), n=n,
-                                                stage=stage, extras=[j.extra for j in jobs]))
-    progress.finish()
+    try:
+        replies = asyncio.run(teacher.complete_many(msgs, lambda i, r: progress.update(), n=n,
+                                                    stage=stage, extras=[j.extra for j in jobs]))
+    finally:
+        progress.finish()
     out, failed = [], Counter()
     for job, reply in zip(jobs, replies):
         if reply.failure is not None:

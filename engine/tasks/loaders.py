@@ -32,8 +32,7 @@ from typing import Iterable, Iterator
 
 import orjson
 
-from common.errors import MissingFile, TaskFileError
-from engine.tasks.docstring_tests import docstring_examples, format_examples, verify_seen_tests
+from common.errors import ConfigError, MissingFile, TaskFileError
 from engine.records import Task, TestCase
 
 BUILTIN_PATH = Path(__file__).parent / "data" / "tasks.jsonl"
@@ -102,6 +101,8 @@ def _from_humaneval(d: dict, where: str) -> Task:
     # load_file drops those the canonical solution fails.
     ep = d["entry_point"]
     setup, tests = check_to_tests(d["test"], ep)
+    from engine.tasks.docstring_tests import docstring_examples
+
     seen = docstring_examples(d["prompt"], ep)
     return Task(task_id=str(d["task_id"]), prompt=d["prompt"], entry_point=ep, tests=tests,
                 seen_tests=seen, setup=setup, instruction="",
@@ -168,6 +169,8 @@ def _from_plain(d: dict, where: str) -> Task:
     elif d.get("signature"):
         # The instruction becomes the docstring, and the seen tests its examples.
         doc = textwrap.indent(textwrap.fill(d.get("instruction", ""), 88), "    ")
+        from engine.tasks.docstring_tests import format_examples
+
         examples = f"\n\n    For example:\n{format_examples(seen)}" if seen else ""
         prompt = f'{d["signature"]}\n    """\n{doc}{examples}\n    """\n'
     else:
@@ -230,7 +233,11 @@ def load_file(path: str | Path, verify_seen: bool = True) -> list[Task]:
         tasks.append(task)
     if not tasks:
         raise TaskFileError(f"{path}: no tasks")
-    return verify_seen_tests(tasks) if verify_seen and fmt == "humaneval" else tasks
+    if verify_seen and fmt == "humaneval":
+        from engine.tasks.docstring_tests import verify_seen_tests
+
+        return verify_seen_tests(tasks)
+    return tasks
 
 
 def humaneval_package_file() -> Path:
@@ -262,12 +269,12 @@ def load_tasks(spec: str, limit: int = 0, verify_seen: bool = True) -> list[Task
         for part in spec.split("+"):
             for t in load_tasks(part, 0, verify_seen):
                 if t.task_id in origin:
-                    raise ValueError(f"task spec {spec!r}: task id {t.task_id!r} is in both "
+                    raise ConfigError(f"task spec {spec!r}: task id {t.task_id!r} is in both "
                                      f"{origin[t.task_id]!r} and {part!r}")
                 origin[t.task_id] = part
                 tasks.append(t)
     elif spec in ("builtin", "builtin-heldout", "builtin-all"):
-        all_tasks = load_file(BUILTIN_PATH)
+        all_tasks = load_file(BUILTIN_PATH, verify_seen)
         train, held = split_tasks(all_tasks)
         tasks = {"builtin": train, "builtin-heldout": held, "builtin-all": all_tasks}[spec]
     elif spec == "humaneval":
@@ -278,7 +285,7 @@ def load_tasks(spec: str, limit: int = 0, verify_seen: bool = True) -> list[Task
         _, ids, path = spec.split(":", 2) if spec.count(":") >= 2 else (spec, "", "")
         m = re.fullmatch(r"(\d+)-(\d+)", ids)
         if not m or not path:
-            raise ValueError(f"task spec {spec!r}: expected mbpp-ids:LO-HI:PATH")
+            raise ConfigError(f"task spec {spec!r}: expected mbpp-ids:LO-HI:PATH")
         tasks = _id_range(load_file(path, verify_seen), int(m[1]), int(m[2]), spec)
     else:
         tasks = load_file(spec, verify_seen)
@@ -291,9 +298,9 @@ def _id_range(tasks: list[Task], lo: int, hi: int, spec: str) -> list[Task]:
     for t in tasks:
         num = t.task_id.rsplit("/", 1)[-1]
         if not num.isdigit():
-            raise ValueError(f"task spec {spec!r}: task id {t.task_id!r} has no numeric id")
+            raise ConfigError(f"task spec {spec!r}: task id {t.task_id!r} has no numeric id")
         if lo <= int(num) <= hi:
             out.append(t)
     if not out:
-        raise ValueError(f"task spec {spec!r}: no task has an id in {lo}-{hi}")
+        raise ConfigError(f"task spec {spec!r}: no task has an id in {lo}-{hi}")
     return out

@@ -96,3 +96,18 @@ def test_choices_are_checked_by_their_literal_type(build, message):
     """A Literal-typed field is checked wherever the record is made: file, flag or Python."""
     with pytest.raises(ValueError, match=message):
         build()
+
+
+def test_a_setting_added_since_counts_as_its_default():
+    """A run directory made before a setting existed resumes as unchanged, unless the setting is
+    now given another value."""
+    import json
+
+    from engine.config import to_dict
+    from engine.distill import changed_settings
+
+    old = json.loads(json.dumps(to_dict(RunConfig())))
+    del old["teacher"]["server_timeout_s"], old["data"]["decontaminate"]
+    assert changed_settings(old, json.loads(json.dumps(to_dict(RunConfig())))) == []
+    new = json.loads(json.dumps(to_dict(parse(["--data.decontaminate", "humaneval"]))))
+    assert changed_settings(old, new) == ["data.decontaminate: '' -> 'humaneval'"]
