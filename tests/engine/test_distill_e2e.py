@@ -150,3 +150,25 @@ def test_the_run_ends_with_a_report_of_its_own_numbers(e2e):
     assert (run.path / "report.md").read_text() == text
     compare = (run.path / "compare.md").read_text()
     assert "| +0.0 | [+0.0, +0.0] | within noise |" in compare   # a run against itself
+
+
+def test_datasets_are_written_as_hf_datasets_that_train(e2e, tiny_model, tmp_path):
+    """Every dataset is also a `datasets` directory and a Parquet file with a card, and the
+    trainer takes the directory as it takes JSONL."""
+    import datasets
+
+    from train.config import TrainConfig as TC
+    from train.lora import train
+
+    tasks, run, summary, *_ = e2e
+    for name, count in summary["datasets"].items():
+        if count:
+            ds = datasets.load_from_disk(str(run.path / "hf" / name))
+            assert len(ds) == count and set(ds.column_names) >= {"prompt", "completion"}
+            assert len(datasets.Dataset.from_parquet(str(run.path / "hf" / f"{name}.parquet"))) \
+                == count
+    card = (run.path / "hf" / "README.md").read_text()
+    assert f"| persd-combined | {summary['datasets']['persd-combined']} |" in card
+    adapter = train(run.path / "hf" / "persd-combined", str(tiny_model), tmp_path / "t",
+                    TC(max_steps=1, save_every=100))
+    assert (adapter / "adapter_config.json").exists()

@@ -149,3 +149,33 @@ def test_decontamination_drops_pool_tasks_sharing_a_13_gram(shared_data):
     cut, rep = load_pool(f"mbpp-ids:600-610:{path}", 5, f"mbpp-test:{path}")
     assert len(cut) == 5 and "MBPP/602" not in {t.task_id for t in cut}
     assert rep["dropped"] == report["dropped"]
+
+
+def test_hf_datasets_and_parquet_load_with_a_column_mapping(tmp_path):
+    """A task set as a `datasets` directory or Parquet file, its columns mapped onto the task
+    fields; a mapping to a column the dataset lacks names it and the columns there are."""
+    import datasets
+
+    rows = [{"id": f"t/{i}", "question": f"Return x plus {i}.", "fn": "add",
+             "sig": "def add(x):", "checks": [f"assert add(1) == {1 + i}", f"assert add(2) == {2 + i}"]}
+            for i in range(3)]
+    ds = datasets.Dataset.from_list(rows)
+    ds.save_to_disk(str(tmp_path / "dir"))
+    ds.to_parquet(str(tmp_path / "t.parquet"))
+    cols = "task_id=id,instruction=question,entry_point=fn,signature=sig,tests=checks"
+    for where in ("dir", "t.parquet"):
+        tasks = load_tasks(f"hf:{tmp_path / where}", columns=cols)
+        assert [t.task_id for t in tasks] == ["t/0", "t/1", "t/2"]
+        assert tasks[2].tests[1].call == "add(2)" and tasks[2].tests[1].expected == "4"
+        assert "Return x plus 2." in tasks[2].prompt and tasks[2].source.endswith(":row 2")
+    with pytest.raises(TaskFileError, match="no column 'question_text'.*has id, question"):
+        load_tasks(f"hf:{tmp_path / 'dir'}", columns=cols.replace("=question", "=question_text"))
+    with pytest.raises(ValueError, match="not FIELD=COLUMN"):
+        load_tasks(f"hf:{tmp_path / 'dir'}", columns="instruction")
+    # an MBPP-format dataset needs no mapping
+    mbpp = datasets.Dataset.from_list([{"task_id": 1, "text": "Add one.", "code":
+                                        "def inc(x):\n    return x + 1", "test_list":
+                                        ["assert inc(1) == 2"]}])
+    mbpp.to_parquet(str(tmp_path / "m.parquet"))
+    [t] = load_tasks(f"hf:{tmp_path / 'm.parquet'}")
+    assert t.entry_point == "inc" and t.reference.startswith("def inc")
