@@ -193,6 +193,10 @@ class EvalConfig:
     max_tokens: int = _f(512, "longest completion in tokens")
     rounds: int = _f(0, "multi-step inference: extra rounds in which the student fixes samples "
                      "that fail the seen tests, shown seen-test feedback only (0 = single step)")
+    fix_temperature: float = _f(-1.0, "sampling temperature of the fixes in rounds >= 1 (each "
+                                "request seeded); negative: eval.temperature. At 0 the 0.5B "
+                                "student returned its own code unchanged for 61 of 62 "
+                                "HumanEval samples that failed a seen test")
 
     def __post_init__(self) -> None:
         if self.n > 1 and self.temperature == 0:

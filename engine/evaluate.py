@@ -128,7 +128,9 @@ def evaluate(pool: StudentPool, sandbox, tasks: Sequence[Task], cfg: EvalConfig,
                                       a.code or a.completion, seen[a.attempt_id].feedback)
                     for a in current if not seen[a.attempt_id].passed]
             n = 1
-        sampling = Sampling(n, cfg.temperature, cfg.top_p, cfg.max_tokens, student.seed + r,
+        temperature = cfg.temperature if r == 0 or cfg.fix_temperature < 0 \
+            else cfg.fix_temperature
+        sampling = Sampling(n, temperature, cfg.top_p, cfg.max_tokens, student.seed + r,
                             student.prompt_format, adapter)
         # one submission per round: vLLM batches it continuously
         new = stages.attempt_stage(run, f"{tag}-attempts", pool, jobs, model_id=model_id,

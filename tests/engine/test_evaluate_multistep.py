@@ -36,13 +36,15 @@ def test_rounds_use_seen_feedback_only(student_pool, student_cfg, sandbox_pool, 
     tasks = [make_task(i) for i in range(3)]
     spy = Recording(student_pool)
     run = RunStore(tmp_path)
-    cfg = EvalConfig(n=2, k=(1, 2), temperature=1.0, max_tokens=24, rounds=2)
+    cfg = EvalConfig(n=2, k=(1, 2), temperature=1.0, max_tokens=24, rounds=2,
+                     fix_temperature=0.7)
     summary = evaluate(spy, sandbox_pool, tasks, cfg, student_cfg, run, "ms")
     assert len(summary.rounds) == 3 and summary.pass_at == summary.rounds[-1]
     first = [r for r in spy.requests if "~" not in r.request_id]
     later = [r for r in spy.requests if "~" in r.request_id]
-    assert len(first) == 3 and all(r.n == 2 for r in first)
+    assert len(first) == 3 and all(r.n == 2 and r.temperature == 1.0 for r in first)
     assert later, "the tiny model fails the seen test, so round 1 must ask for fixes"
+    assert all(r.n == 1 and r.temperature == 0.7 for r in later)   # eval.fix_temperature
     for r in spy.requests:
         text = json.dumps(r.messages) + r.prompt
         assert HIDDEN_MARK not in text  # a hidden test never reaches a prompt
