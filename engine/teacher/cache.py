@@ -18,12 +18,15 @@ class ResponseCache:
     before the next append, so it cannot swallow the next record. `refresh()` (at the start of
     every batch) reads what other processes appended since, so two runs sharing a cache do not
     pay twice for what either had answered by then.
+    Memory stays bounded by the number of answers, not their size: only an index (key -> where
+    its line is) is held; an answer is read from the file when asked for.
     Not protected against: a filesystem without flock (some network mounts).
     """
 
     def __init__(self, path: Path):
         self.path = path
-        self.entries: dict[str, dict] = {}
+        self.entries: dict[str, tuple[int, int]] = {}  # key -> (offset, length) of its last line
+        self._pending: dict[str, dict] = {}            # put, not yet on disk
         self._offset = 0  # bytes of whole lines already read
         self._queue: list[tuple[dict, asyncio.Future]] = []  # answers waiting for the next write
         self._writing = False
@@ -41,28 +44,39 @@ class ResponseCache:
             f.seek(self._offset)
             data = f.read(size - self._offset)
         whole = data.rfind(b"\n") + 1  # a torn tail is read once another append seals it
-        for line in data[:whole].splitlines():
+        pos = 0
+        for line in data[:whole].split(b"\n")[:-1]:
+            start, pos = pos, pos + len(line) + 1
             try:
                 rec = orjson.loads(line)
             except orjson.JSONDecodeError:
-                continue  # torn by a kill mid-write: that answer is simply asked again
+                continue  # torn by a kill mid-write (or empty): that answer is asked again
             if isinstance(rec, dict) and "key" in rec:
-                self.entries[rec["key"]] = rec
+                self.entries[rec["key"]] = (self._offset + start, len(line))
         self._offset += whole
 
     def get(self, key: str) -> dict | None:
-        return self.entries.get(key)
+        if key in self._pending:
+            return self._pending[key]
+        where = self.entries.get(key)
+        if where is None:
+            return None
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            return orjson.loads(os.pread(fd, where[1], where[0]))
+        finally:
+            os.close(fd)
 
     def put(self, rec: dict) -> None:
         """Durable when it returns (fsynced)."""
-        self.entries[rec["key"]] = rec
+        self._pending[rec["key"]] = rec
         self._append([rec])
 
     async def put_async(self, rec: dict) -> None:
         """Durable when it returns. Answers landing while a write runs share the next write and
         fsync (group commit) off the event loop, so at 100+ answers a second the disk and the
         thread hand-offs do not slow the loop that is sending requests."""
-        self.entries[rec["key"]] = rec
+        self._pending[rec["key"]] = rec
         done = asyncio.get_running_loop().create_future()
         self._queue.append((rec, done))
         if not self._writing:
@@ -88,16 +102,24 @@ class ResponseCache:
             self._writing = False
 
     def _append(self, recs: list[dict]) -> None:
-        data = b"".join(orjson.dumps(rec) + b"\n" for rec in recs)
+        lines = [orjson.dumps(rec) for rec in recs]
+        data = b"".join(line + b"\n" for line in lines)
         with open(self.path, "a+b") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
-                if f.seek(0, os.SEEK_END) > 0:
+                start = f.seek(0, os.SEEK_END)
+                if start > 0:
                     f.seek(-1, os.SEEK_END)
                     if f.read(1) != b"\n":
                         data = b"\n" + data  # seal a line torn by a killed writer
+                        start += 1
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+        for rec, line in zip(recs, lines):   # on disk: indexed, no longer held
+            self.entries[rec["key"]] = (start, len(line))
+            start += len(line) + 1
+            if self._pending.get(rec["key"]) is rec:
+                del self._pending[rec["key"]]

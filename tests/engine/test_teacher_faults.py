@@ -345,3 +345,24 @@ def test_the_engines_own_server_gets_the_long_timeout(tmp_path):
             cfg, tmp_path / "b.jsonl")
         [reply] = run(remote, [ask("[faults ok@1.5] slow, and remote")])
         assert not reply.texts and reply.failure is Failure.RETRIES   # it timed out
+
+
+def test_the_cache_holds_an_index_not_the_answers(tmp_path):
+    """Memory stays bounded by the number of answers: the cache keeps where each line is and
+    reads an answer when asked, after a restart, a torn line and another writer's appends alike."""
+    path = tmp_path / "c.jsonl"
+    cache = ResponseCache(path)
+    for i in range(2000):
+        cache.put({"key": f"k{i}", "texts": ["x" * 1000 + str(i)], "prompt_tokens": i,
+                   "completion_tokens": 1})
+    assert all(isinstance(v, tuple) and len(v) == 2 for v in cache.entries.values())
+    assert not cache._pending
+    with open(path, "ab") as f:
+        f.write(b'{"key": "torn", "texts": ["')           # a kill mid-write
+    other = ResponseCache(path)                             # another process appends after it
+    other.put({"key": "k5", "texts": ["newer"], "prompt_tokens": 0, "completion_tokens": 0})
+    again = ResponseCache(path)
+    assert again.get("k1999")["texts"] == ["x" * 1000 + "1999"] and again.get("torn") is None
+    assert again.get("k5")["texts"] == ["newer"]            # later lines win
+    cache.refresh()
+    assert cache.get("k5")["texts"] == ["newer"] and cache.get("k7")["prompt_tokens"] == 7
