@@ -136,6 +136,10 @@ class TeacherConfig:
                              "auto or a list (see student.cpu_threads)")
     server_preload: str = _f("tcmalloc,iomp", "libraries LD_PRELOADed into the local teacher "
                              "server (see student.preload)")
+    server_chunked_prefill: bool = _f(False, "let the local teacher server split long "
+                                      "prefills across steps: on CPU a seeded request (the "
+                                      "retries of unchanged refinements are seeded) then kills "
+                                      "the engine (vLLM cannot rewind a CPU generator)")
     server_eager: bool = _f(True, "start the local teacher server without compilation (see "
                             "student.enforce_eager)")
     server_startup_s: float = _f(900.0, "how long to wait for the local teacher server to come up")

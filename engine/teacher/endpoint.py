@@ -46,6 +46,7 @@ def teacher_endpoint(cfg: RunConfig, run: RunStore, clock=None):
                          threads=cfg.teacher.server_threads, preload=cfg.teacher.server_preload,
                          eager=cfg.teacher.server_eager,
                          max_num_seqs=cfg.teacher.server_max_seqs,
+                         chunked_prefill=cfg.teacher.server_chunked_prefill,
                          startup_s=cfg.teacher.server_startup_s)
     try:
         with clock("3-teacher-start") if clock else contextlib.nullcontext():

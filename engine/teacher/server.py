@@ -30,12 +30,13 @@ class LocalServer:
                  max_model_len: int = 4096, dtype: str = "bfloat16", startup_s: float = 900.0,
                  extra_args: tuple[str, ...] = (), threads: str = "all",
                  preload: str = "tcmalloc,iomp", eager: bool = True,
-                 max_num_seqs: int = 256):
+                 max_num_seqs: int = 256, chunked_prefill: bool = False):
         self.model, self.served_name, self.log_path = model, served_name, log_path
         self.kv_cache_gb, self.max_model_len, self.dtype = kv_cache_gb, max_model_len, dtype
         self.startup_s, self.extra_args = startup_s, extra_args
         self.threads, self.preload, self.eager = threads, preload, eager
         self.max_num_seqs = max_num_seqs
+        self.chunked_prefill = chunked_prefill
         self.proc: subprocess.Popen | None = None
         self.port = 0
 
@@ -50,7 +51,14 @@ class LocalServer:
                "--port", str(self.port), "--dtype", self.dtype,
                "--max-model-len", str(self.max_model_len),
                "--max-num-seqs", str(self.max_num_seqs),
-               *(("--enforce-eager",) if self.eager else ()), *self.extra_args]
+               *(("--enforce-eager",) if self.eager else ()),
+               # A prefill chunked across steps makes vLLM rewind the request's generator, which
+               # a seeded request has on CPU and cannot rewind: the engine dies ("CPU Generator
+               # does not use offset"). Whole prefills need a batch budget >= the context.
+               *(() if self.chunked_prefill else (
+                   "--no-enable-chunked-prefill",
+                   "--max-num-batched-tokens", str(max(self.max_model_len, 8192)))),
+               *self.extra_args]
         env = {**os.environ, **vllm_cpu_env(self.threads, self.kv_cache_gb, self.preload),
                "VLLM_HOST_IP": "127.0.0.1"}
         print(f"[teacher] starting vLLM OpenAI server for {self.served_name} on {self.url} "

@@ -201,3 +201,25 @@ def test_an_unchanged_refinement_is_counted_and_never_asked_again_the_same_way(t
         first, second = server.requests
         assert first["temperature"] == 0.0 and second["temperature"] == 0.7
         assert second["seed"] == 1 and first["messages"] == second["messages"]
+
+
+def _seeded_burst(url: str, prompt_words: int = 350, requests: int = 24) -> list[str]:
+    """Many seeded requests with long prompts at once: more prefill than one step's budget."""
+    from openai import AsyncOpenAI
+
+    async def go():
+        client = AsyncOpenAI(base_url=url, api_key="EMPTY", timeout=120, max_retries=0)
+        text = " ".join(f"word{i % 50}" for i in range(prompt_words))
+        replies = await asyncio.gather(*[client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": f"{i} {text}"}], max_tokens=4,
+            temperature=0.8, seed=i) for i in range(requests)])
+        return [r.choices[0].message.content for r in replies]
+    return asyncio.run(go())
+
+
+def test_seeded_requests_with_long_prompts_do_not_kill_the_server(vllm_server):
+    """The retries of unchanged refinements are seeded; a seeded request whose prefill vLLM
+    chunks across steps killed the CPU engine ("CPU Generator does not use offset") in the
+    quality run's second round. The engine's server prefills whole, and keeps serving."""
+    assert len(_seeded_burst(vllm_server)) == 24
+    assert len(_seeded_burst(vllm_server, requests=2)) == 2     # still alive
