@@ -4,9 +4,27 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One paid answer: the request's key and its texts so far (n choices, or fewer while the
+    n-fallback asks for the rest), with the tokens billed for them. One JSON line on disk."""
+
+    key: str
+    texts: tuple[str, ...]
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @classmethod
+    def from_json(cls, line: bytes) -> "CacheEntry":
+        d = orjson.loads(line)
+        return cls(d["key"], tuple(d["texts"]), d.get("prompt_tokens", 0),
+                   d.get("completion_tokens", 0))
 
 
 class ResponseCache:
@@ -26,7 +44,7 @@ class ResponseCache:
     def __init__(self, path: Path):
         self.path = path
         self.entries: dict[str, tuple[int, int]] = {}  # key -> (offset, length) of its last line
-        self._pending: dict[str, dict] = {}            # put, not yet on disk
+        self._pending: dict[str, CacheEntry] = {}      # put, not yet on disk
         self._offset = 0  # bytes of whole lines already read
         self._queue: list[tuple[dict, asyncio.Future]] = []  # answers waiting for the next write
         self._writing = False
@@ -55,7 +73,7 @@ class ResponseCache:
                 self.entries[rec["key"]] = (self._offset + start, len(line))
         self._offset += whole
 
-    def get(self, key: str) -> dict | None:
+    def get(self, key: str) -> CacheEntry | None:
         if key in self._pending:
             return self._pending[key]
         where = self.entries.get(key)
@@ -63,20 +81,20 @@ class ResponseCache:
             return None
         fd = os.open(self.path, os.O_RDONLY)
         try:
-            return orjson.loads(os.pread(fd, where[1], where[0]))
+            return CacheEntry.from_json(os.pread(fd, where[1], where[0]))
         finally:
             os.close(fd)
 
-    def put(self, rec: dict) -> None:
+    def put(self, rec: CacheEntry) -> None:
         """Durable when it returns (fsynced)."""
-        self._pending[rec["key"]] = rec
+        self._pending[rec.key] = rec
         self._append([rec])
 
-    async def put_async(self, rec: dict) -> None:
+    async def put_async(self, rec: CacheEntry) -> None:
         """Durable when it returns. Answers landing while a write runs share the next write and
         fsync (group commit) off the event loop, so at 100+ answers a second the disk and the
         thread hand-offs do not slow the loop that is sending requests."""
-        self._pending[rec["key"]] = rec
+        self._pending[rec.key] = rec
         done = asyncio.get_running_loop().create_future()
         self._queue.append((rec, done))
         if not self._writing:
@@ -101,7 +119,7 @@ class ResponseCache:
         finally:
             self._writing = False
 
-    def _append(self, recs: list[dict]) -> None:
+    def _append(self, recs: list[CacheEntry]) -> None:
         lines = [orjson.dumps(rec) for rec in recs]
         data = b"".join(line + b"\n" for line in lines)
         with open(self.path, "a+b") as f:
@@ -119,7 +137,7 @@ class ResponseCache:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
         for rec, line in zip(recs, lines):   # on disk: indexed, no longer held
-            self.entries[rec["key"]] = (start, len(line))
+            self.entries[rec.key] = (start, len(line))
             start += len(line) + 1
-            if self._pending.get(rec["key"]) is rec:
-                del self._pending[rec["key"]]
+            if self._pending.get(rec.key) is rec:
+                del self._pending[rec.key]

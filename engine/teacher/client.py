@@ -38,7 +38,7 @@ import orjson
 
 from common.errors import TeacherUnreachable  # noqa: F401 (raised here; callers catch it)
 from engine import faults
-from engine.teacher.cache import ResponseCache
+from engine.teacher.cache import CacheEntry, ResponseCache
 from engine.config import TeacherConfig
 from engine.teacher.limits import Slots, TokenBucket
 
@@ -343,14 +343,13 @@ class Teacher:
                       extra: dict | None = None) -> TeacherReply:
         """Ask with the API's n; an endpoint that returns fewer choices gets the rest as separate
         requests. Each part is cached as it lands, so a kill mid-way keeps what was paid for."""
-        hit = self.cache.get(key) or {"texts": [], "prompt_tokens": 0, "completion_tokens": 0}
-        texts, pt, ct = list(hit["texts"]), hit["prompt_tokens"], hit["completion_tokens"]
+        hit = self.cache.get(key) or CacheEntry(key, ())
+        texts, pt, ct = list(hit.texts), hit.prompt_tokens, hit.completion_tokens
         try:
             while len(texts) < n:
                 got, p, c = await self._call(messages, 1 if texts else n, usage, extra)
                 texts, pt, ct = (texts + got)[:n], pt + p, ct + c
-                rec = {"key": key, "texts": texts, "prompt_tokens": pt, "completion_tokens": ct}
-                await self.cache.put_async(rec)
+                await self.cache.put_async(CacheEntry(key, tuple(texts), pt, ct))
                 faults.point("teacher-answer")  # durable now: a kill here costs nothing
         except _Failed as f:
             return TeacherReply(key, (), pt, ct, cached=False, error=f.error, failure=f.failure,
@@ -359,10 +358,10 @@ class Teacher:
 
     def _cached(self, key: str, n: int) -> TeacherReply | None:
         hit = self.cache.get(key)
-        if hit is None or len(hit["texts"]) < n:
+        if hit is None or len(hit.texts) < n:
             return None
-        pt, ct = hit["prompt_tokens"], hit["completion_tokens"]
-        return TeacherReply(key, tuple(hit["texts"][:n]), pt, ct, cached=True,
+        pt, ct = hit.prompt_tokens, hit.completion_tokens
+        return TeacherReply(key, hit.texts[:n], pt, ct, cached=True,
                             cost_usd=self.cost(pt, ct))
 
     async def complete_many(self, requests: list[list[dict[str, str]]],

@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from engine.config import TeacherConfig
-from engine.teacher.cache import ResponseCache
+from engine.teacher.cache import CacheEntry, ResponseCache
 from engine.teacher.limits import Slots, TokenBucket
 from engine.teacher import (Failure, Teacher, TeacherUnreachable,
                             prices, retry_after_s)
@@ -182,11 +182,10 @@ def cache_lines_safe(path: Path) -> list[bytes]:
 WRITER = """
 import sys
 from pathlib import Path
-from engine.teacher.cache import ResponseCache
+from engine.teacher.cache import CacheEntry, ResponseCache
 cache = ResponseCache(Path(sys.argv[1]))
 for i in range(300):
-    cache.put({"key": f"{sys.argv[2]}-{i}", "texts": ["x" * 2000], "prompt_tokens": 1,
-               "completion_tokens": 1})
+    cache.put(CacheEntry(f"{sys.argv[2]}-{i}", ("x" * 2000,), 1, 1))
 """
 
 
@@ -203,12 +202,11 @@ def test_two_processes_appending_at_once_do_not_corrupt_the_cache(tmp_path):
 def test_a_torn_last_line_is_ignored_and_cannot_swallow_the_next(tmp_path):
     path = tmp_path / "c.jsonl"
     cache = ResponseCache(path)
-    cache.put({"key": "a", "texts": ["1"], "prompt_tokens": 1, "completion_tokens": 1})
+    cache.put(CacheEntry("a", ("1",), 1, 1))
     with open(path, "ab") as f:
         f.write(b'{"key": "b", "texts": ["tor')  # a kill mid-write
     assert set(ResponseCache(path).entries) == {"a"}
-    ResponseCache(path).put({"key": "c", "texts": ["3"], "prompt_tokens": 1,
-                             "completion_tokens": 1})
+    ResponseCache(path).put(CacheEntry("c", ("3",), 1, 1))
     assert set(ResponseCache(path).entries) == {"a", "c"}
 
 
@@ -353,16 +351,15 @@ def test_the_cache_holds_an_index_not_the_answers(tmp_path):
     path = tmp_path / "c.jsonl"
     cache = ResponseCache(path)
     for i in range(2000):
-        cache.put({"key": f"k{i}", "texts": ["x" * 1000 + str(i)], "prompt_tokens": i,
-                   "completion_tokens": 1})
+        cache.put(CacheEntry(f"k{i}", ("x" * 1000 + str(i),), i, 1))
     assert all(isinstance(v, tuple) and len(v) == 2 for v in cache.entries.values())
     assert not cache._pending
     with open(path, "ab") as f:
         f.write(b'{"key": "torn", "texts": ["')           # a kill mid-write
     other = ResponseCache(path)                             # another process appends after it
-    other.put({"key": "k5", "texts": ["newer"], "prompt_tokens": 0, "completion_tokens": 0})
+    other.put(CacheEntry("k5", ("newer",)))
     again = ResponseCache(path)
-    assert again.get("k1999")["texts"] == ["x" * 1000 + "1999"] and again.get("torn") is None
-    assert again.get("k5")["texts"] == ["newer"]            # later lines win
+    assert again.get("k1999").texts == ("x" * 1000 + "1999",) and again.get("torn") is None
+    assert again.get("k5").texts == ("newer",)              # later lines win
     cache.refresh()
-    assert cache.get("k5")["texts"] == ["newer"] and cache.get("k7")["prompt_tokens"] == 7
+    assert cache.get("k5").texts == ("newer",) and cache.get("k7").prompt_tokens == 7
