@@ -76,7 +76,7 @@ def step_data(cfg: RunConfig, out: Path) -> None:
     from engine.distill import run_distill
 
     summary = run_distill(cfg)
-    (out / "data-summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "data-summary.json").write_text(json.dumps(summary.to_json(), indent=2))
 
 
 def step_train(cfg: RunConfig, out: Path) -> None:
@@ -145,8 +145,8 @@ def step_online(cfg: RunConfig, out: Path, mbpp: Path, mbpp_tasks: int) -> None:
 
     summary = run_distill(dataclasses.replace(cfg, skip_train=False, dataset="persd-combined",
                                               online_rounds=2))
-    (out / "online-summary.json").write_text(json.dumps(summary, indent=2))
-    evaluate_rows(cfg, mbpp, mbpp_tasks, {"online": summary["adapter"]}, sets=("mbpp",))
+    (out / "online-summary.json").write_text(json.dumps(summary.to_json(), indent=2))
+    evaluate_rows(cfg, mbpp, mbpp_tasks, {"online": summary.adapter}, sets=("mbpp",))
 
 
 # ------------------------------------------------------------------------------------ report
@@ -174,24 +174,28 @@ def paired_ci(a: dict[str, list[float]], b: dict[str, list[float]], step: int) -
 
 def report(cfg: RunConfig, out: Path) -> dict:
     run = Path(cfg.run_dir)
-    data = json.loads((out / "data-summary.json").read_text()) \
-        if (out / "data-summary.json").exists() else {}
-    online = json.loads((out / "online-summary.json").read_text()) \
-        if (out / "online-summary.json").exists() else {}
-    teacher = data.get("teacher", {})
-    tok = {k: teacher.get(k, {}).get("prompt_tokens", 0) +
-           teacher.get(k, {}).get("completion_tokens", 0) for k in ("refine", "stand")}
-    sizes = data.get("datasets", {})
-    failed = data.get("attempts", {}).get("failed", 0)
-    tasks = data.get("attempts", {}).get("tasks", 0)
-    pers = data.get("personalisation", {})
+    from engine.summary import RunSummary
+
+    def load(name: str) -> RunSummary | None:
+        path = out / name
+        return RunSummary.from_json(json.loads(path.read_text())) if path.exists() else None
+
+    data, online = load("data-summary.json"), load("online-summary.json")
+    teacher = data.teacher if data else None
+    tok = {k: (getattr(teacher, k).prompt_tokens + getattr(teacher, k).completion_tokens
+               if teacher else 0) for k in ("refine", "stand")}
+    sizes = (data.datasets if data else None) or {}
+    failed = data.attempts.failed if data and data.attempts else 0
+    tasks = data.attempts.tasks if data and data.attempts else 0
+    pers = (data.personalisation if data else None) or {}
     rows = []
     results = {}
     for row in ("base", *VARIANTS, "online", "teacher"):
         res = {w: per_task(run, eval_name(row, w)) for w in ("humaneval", "mbpp")}
         results[row] = res
-        ex = {"base": None, "teacher": None, "online": (online.get("online") or [{}])[-1]
-              .get("dataset_size")}.get(row, sizes.get(row))
+        last = online.online[-1] if online and online.online else None
+        ex = {"base": None, "teacher": None,
+              "online": last.dataset_size if last else None}.get(row, sizes.get(row))
         tokens = {"stand": tok["stand"], "stand-matched": tok["stand"], "inpd": 0,
                   "persd": tok["refine"], "persd-refine": tok["refine"],
                   "persd-combined": tok["refine"]}.get(row)
@@ -206,8 +210,8 @@ def report(cfg: RunConfig, out: Path) -> dict:
             "examples": ex, "teacher_tokens": tokens,
             "verified_yield": yld.get("stand" if row.startswith("stand") else
                                       "persd" if row.startswith("persd") else "", None),
-            "personalisation": (pers.get(kind) or {}).get("target_vs_attempt", {}).get("text")
-            if kind else None})
+            "personalisation": pers[kind].target_vs_attempt.get("text")
+            if kind in pers else None})
     cis = []
     for w in ("humaneval", "mbpp"):
         for step, s in enumerate(("1step", "2step")):
@@ -220,8 +224,10 @@ def report(cfg: RunConfig, out: Path) -> dict:
     table = {"rows": rows, "paired": cis, "eval_tasks": {
         w: len(next((r[w] for r in results.values() if r[w]), {}) or {}) for w in ("humaneval", "mbpp")},
         "pool": {"tasks": tasks, "failed": failed,
-                 "decontamination_dropped": data.get("decontamination", {}).get("dropped")},
-        "online": online.get("online")}
+                 "decontamination_dropped": ((data.decontamination if data else None) or {})
+                 .get("dropped")},
+        "online": [dataclasses.asdict(r) for r in online.online] if online and online.online
+        else None}
     (out / "quality.json").write_text(json.dumps(table, indent=2))
     (out / "quality.md").write_text(markdown(table))
     return table

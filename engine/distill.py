@@ -30,6 +30,7 @@ from common.errors import ConfigError, PersdError
 from engine.config import RunConfig, add_config_args, config_from_args, to_dict
 from engine.pipeline import Pipeline
 from engine.store import RunStore
+from engine.summary import RunSummary
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -104,7 +105,7 @@ def open_run(cfg: RunConfig) -> RunStore:
     return run
 
 
-def run_distill(cfg: RunConfig, student_pool=None) -> dict:
+def run_distill(cfg: RunConfig, student_pool=None) -> RunSummary:
     """The run, with a watchdog that kills everything it starts if this process dies, and the
     run directory locked against a second driver."""
     from engine.reaper import Reaper
@@ -144,24 +145,25 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    print(json.dumps(summary, indent=2) if args.json else headline(summary))
+    print(json.dumps(summary.to_json(), indent=2) if args.json else headline(summary))
 
 
-def headline(s: dict) -> str:
+def headline(s: RunSummary) -> str:
     """What a run did, in a few lines, and where the report is."""
-    before, after = s.get("pass_before", {}), s.get("pass_after", {})
-    ds, att = s.get("datasets", {}), s.get("attempts", {})
-    lines = [f"run directory: {s['run_dir']}",
-             f"attempts: {att.get('samples')} on {att.get('tasks')} tasks, "
-             f"{att.get('failed')} failed; verified personalised examples: {ds.get('persd', 0)} "
-             f"(training set {s.get('dataset')}: {ds.get(s.get('dataset'), 0)})"]
+    before, after = s.pass_before or {}, s.pass_after or {}
+    ds, att = s.datasets or {}, s.attempts
+    lines = [f"run directory: {s.run_dir}"]
+    if att is not None:
+        lines.append(f"attempts: {att.samples} on {att.tasks} tasks, {att.failed} failed; "
+                     f"verified personalised examples: {ds.get('persd', 0)} "
+                     f"(training set {s.dataset}: {s.examples()})")
     for k, v in before.items():
         lines.append(f"{k}: {100 * v:.1f} before" + (f", {100 * after[k]:.1f} after "
                                                        f"({100 * (after[k] - v):+.1f} points)"
                                                        if k in after else ""))
-    report = Path(s["run_dir"]) / "report.md"
+    report = Path(s.run_dir) / "report.md"
     lines.append(f"report: {report}" if report.exists() else "report: not written (see the log)")
-    lines.append(f"summary: {Path(s['run_dir']) / 'summary.json'}")
+    lines.append(f"summary: {Path(s.run_dir) / 'summary.json'}")
     return "\n".join(lines)
 
 

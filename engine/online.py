@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 
 from engine import stages
 from engine.records import Attempt, Example, Grade, Refinement, Task
+from engine.summary import OnlineRound
 
 
 def round_tasks(pool_tasks: Sequence[Task], failing: set[str], r: int, limit: int) -> list[Task]:
@@ -39,20 +40,21 @@ def still_failing(attempts: dict[str, Attempt], grades: dict[str, Grade]) -> set
 
 
 def round_row(r: int, tasks: int, attempts: int, failures: int, solved: set[str],
-              new_examples: int, dataset_size: int, adapter: Path, after) -> dict:
+              new_examples: int, dataset_size: int, adapter: Path, after) -> OnlineRound:
     """One row of the summary's `online` table (round 0 is the first pass)."""
-    return {"round": r, "tasks": tasks, "attempts": attempts,
-            "train_pass_rate": round(1 - failures / attempts, 4) if attempts else 0.0,
-            "failures": failures, "verified_attempts": len(solved),
-            "new_examples": new_examples, "dataset_size": dataset_size, "adapter": str(adapter),
-            "adapter_id": after.adapter_id, "pass_after": after.pass_at}
+    return OnlineRound(round=r, tasks=tasks, attempts=attempts,
+                       train_pass_rate=round(1 - failures / attempts, 4) if attempts else 0.0,
+                       failures=failures, verified_attempts=len(solved),
+                       new_examples=new_examples, dataset_size=dataset_size,
+                       adapter=str(adapter), adapter_id=after.adapter_id,
+                       pass_after=after.pass_at)
 
 
 def run_online(cfg, run, pool, sandbox, pool_tasks: Sequence[Task], attempts: dict[str, Attempt],
                grades: dict[str, Grade], examples: list[Example], adapter: Path,
                eval_tasks: Sequence[Task], student_dir: str, student_id: str,
                timed: Callable, close_pool: bool, refinements: Sequence[Refinement] = (),
-               verified: dict[str, Grade] | None = None) -> list[dict]:
+               verified: dict[str, Grade] | None = None) -> list[OnlineRound]:
     """Rounds 1..cfg.online_rounds; returns one summary row per round. `refinements` and
     `verified` are the first pass's: the `refinements` and `verified` views grow by each round's
     (the stages share those names, and a view is rewritten whole)."""

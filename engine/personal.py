@@ -21,6 +21,8 @@ import io
 import tokenize
 from dataclasses import dataclass
 
+from engine.summary import PersonalStats
+
 
 def normalise(code: str) -> str:
     try:
@@ -83,22 +85,22 @@ class Personalisation:
     reference: Similarity | None   # the task's reference solution vs the same attempt
 
 
-def summarise(rows: list[Personalisation]) -> dict:
+def summarise(rows: list[Personalisation]) -> dict[str, PersonalStats]:
     """Per dataset kind: examples, mean similarities, and how often the target is closer to the
     attempt than the StanD answer (by `text`), over the examples whose task has one."""
-    out: dict[str, dict] = {}
+    def mean(xs: list[float]) -> float | None:
+        return round(sum(xs) / len(xs), 4) if xs else None
+
+    out: dict[str, PersonalStats] = {}
     for kind in sorted({r.kind for r in rows}):
         mine = [r for r in rows if r.kind == kind]
         vs = [r for r in mine if r.stand is not None]
-
-        def mean(xs: list[float]) -> float | None:
-            return round(sum(xs) / len(xs), 4) if xs else None
-        out[kind] = {
-            "examples": len(mine),
-            "target_vs_attempt": {m: mean([getattr(r.target, m) for r in mine])
-                                  for m in ("text", "tokens", "ast")},
-            "stand_vs_attempt": mean([r.stand.text for r in vs]),
-            "reference_vs_attempt": mean([r.reference.text for r in mine if r.reference]),
-            "closer_than_stand": mean([float(r.target.text > r.stand.text) for r in vs]),
-            "with_stand": len(vs)}
+        out[kind] = PersonalStats(
+            examples=len(mine),
+            target_vs_attempt={m: mean([getattr(r.target, m) for r in mine])
+                               for m in ("text", "tokens", "ast")},
+            stand_vs_attempt=mean([r.stand.text for r in vs]),
+            reference_vs_attempt=mean([r.reference.text for r in mine if r.reference]),
+            closer_than_stand=mean([float(r.target.text > r.stand.text) for r in vs]),
+            with_stand=len(vs))
     return out

@@ -18,8 +18,6 @@ same ones on a small machine), and started again, lazily, only if a later step s
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import sys
 import time
 from contextlib import contextmanager
@@ -31,6 +29,8 @@ from engine import personal, runlog, stages
 from engine.config import RunConfig
 from engine.records import Attempt, Example, Grade, Refinement, Task
 from engine.store import RunStore
+from engine.summary import (AttemptCounts, EvalInfo, RunSummary, StudentInfo, TeacherCounts,
+                            TeacherSummary)
 
 # Training tasks per student submission: large enough that vLLM's continuous batching stays
 # full (a 64-task batch waited for its slowest sample before the next began), small enough that
@@ -96,7 +96,7 @@ class Pipeline:
 
         self.cfg, self.run = cfg, run
         self.timings: dict[str, float] = {}
-        self.summary: dict = {"run_dir": str(run.path), "dataset": cfg.dataset}
+        self.summary = RunSummary(run_dir=str(run.path), dataset=cfg.dataset)
         self.sandbox = SandboxPool(cfg.sandbox)
         self.pool = student_pool
         self.own_pool = student_pool is None
@@ -106,7 +106,7 @@ class Pipeline:
         return timed(self.timings, name)
 
     # ---------------------------------------------------------------------------------- the pass
-    def __call__(self) -> dict:
+    def __call__(self) -> RunSummary:
         cfg = self.cfg
         before = None
         try:
@@ -127,7 +127,7 @@ class Pipeline:
         finally:
             # programs the executor broke on were re-run once and are counted apart, never as
             # student failures; tests judged inside the program (class protocols) are counted
-            self.summary["sandbox"] = asdict(self.sandbox.stats)
+            self.summary.sandbox = asdict(self.sandbox.stats)
             self.sandbox.close()
             if self.own_pool and self.pool is not None:
                 self.pool.close()
@@ -148,7 +148,7 @@ class Pipeline:
             pool_tasks, overlap = load_pool(data.train_tasks, data.train_limit, data.decontaminate,
                                             data.columns)
             if overlap is not None:
-                self.summary["decontamination"] = overlap
+                self.summary.decontamination = overlap
             # seen tests are checked against the references in this run's own sandbox pool
             train_tasks = verify_seen_tests(pool_tasks, self.sandbox)
             eval_tasks = verify_seen_tests(load_tasks(data.eval_tasks, data.eval_limit,
@@ -174,9 +174,10 @@ class Pipeline:
             grades = stages.grade_stage(self.run, "grades", self.sandbox, [
                 (a.attempt_id, tasks[a.task_id], a.code) for a in attempts.values()])
         tried = Attempts(attempts, grades)
-        self.summary["attempts"] = {"tasks": len(inputs.train_tasks), "samples": len(attempts),
-                                    "passed": len(attempts) - len(tried.failed),
-                                    "failed": len(tried.failed)}
+        self.summary.attempts = AttemptCounts(tasks=len(inputs.train_tasks),
+                                              samples=len(attempts),
+                                              passed=len(attempts) - len(tried.failed),
+                                              failed=len(tried.failed))
         return tried
 
     def evaluate(self, inputs: Inputs, name: str, adapter: Path | None = None):
@@ -236,7 +237,7 @@ class Pipeline:
             export_hf(self.run.path / "hf", datasets, {
                 "train_tasks": self.cfg.data.train_tasks, "student": self.cfg.student.model,
                 "teacher": self.cfg.teacher.model})
-        self.summary["personalisation"] = personal.summarise(rows)
+        self.summary.personalisation = personal.summarise(rows)
         return datasets
 
     def train(self, inputs: Inputs, datasets: dict[str, list[Example]]) -> Path:
@@ -269,9 +270,10 @@ class Pipeline:
             tried.grades, examples, adapter, inputs.eval_tasks, inputs.student_dir,
             inputs.student_id, self.clock, self.own_pool, work.refinements + work.stand,
             verified)
-        self.summary["online"] = rows
-        self.summary.update(adapter=rows[-1]["adapter"], adapter_id=rows[-1]["adapter_id"],
-                            pass_after=rows[-1]["pass_after"])
+        self.summary.online = rows
+        last = rows[-1]
+        self.summary.adapter, self.summary.adapter_id = last.adapter, last.adapter_id
+        self.summary.pass_after = last.pass_after
 
     # ------------------------------------------------------------------------------------ report
     def report_data(self, inputs: Inputs, tried: Attempts, work: TeacherWork,
@@ -284,52 +286,49 @@ class Pipeline:
         def passed(rid: str) -> bool:
             return rid in verified and verified[rid].passed
 
-        def tokens(recs: list[Refinement], jobs: list, stage: str) -> dict:
+        def tokens(recs: list[Refinement], jobs: list, stage: str, **extra) -> TeacherCounts:
             ids = {r.refinement_id for r in recs}
             pt, ct = sum(r.prompt_tokens for r in recs), sum(r.completion_tokens for r in recs)
-            return {"calls": sum(j.job_id in ids for j in jobs),  # requests answered
-                    "samples": len(recs), "cached": sum(r.cached for r in recs),
-                    "prompt_tokens": pt, "completion_tokens": ct,
-                    "cost_usd": round(teacher.cost(pt, ct), 6),  # every answer used, list price
-                    "extraction_failed": sum(r.code is None for r in recs),
-                    "unchanged": sum(r.unchanged for r in recs),  # the code it was shown
-                    "verified": sum(passed(r.refinement_id) for r in recs),
-                    "this_run": asdict(teacher.usage.get(stage, Usage()))}  # failed, by reason
+            return TeacherCounts(
+                calls=sum(j.job_id in ids for j in jobs), samples=len(recs),
+                cached=sum(r.cached for r in recs), prompt_tokens=pt, completion_tokens=ct,
+                cost_usd=round(teacher.cost(pt, ct), 6),
+                extraction_failed=sum(r.code is None for r in recs),
+                unchanged=sum(r.unchanged for r in recs),
+                verified=sum(passed(r.refinement_id) for r in recs),
+                this_run=asdict(teacher.usage.get(stage, Usage())), **extra)
 
-        self.summary["teacher"] = {
-            "model": work.model, "identity": work.identity,
-            "price_per_mtok": [teacher.price_in, teacher.price_out],
-            "refine": {**tokens(work.refinements, [j for js in work.rounds for j in js],
-                                "refine"),
-                       "verified_by_round": [sum(passed(i) for j in js for i in j.ids)
-                                             for js in work.rounds]},
-            "stand": tokens(work.stand, work.stand_jobs, "stand"),
-            "calls_sent_this_run": teacher.calls,
-            "spent_usd_this_run": round(teacher.spent_usd, 6)}
-        self.summary["datasets"] = {k: len(v) for k, v in datasets.items()}
-        self.summary["student"] = {"model": self.cfg.student.model, "model_id": inputs.student_id}
-        self.summary["pass_before"] = before.pass_at
+        s = self.summary
+        s.teacher = TeacherSummary(
+            model=work.model, identity=work.identity,
+            price_per_mtok=[teacher.price_in, teacher.price_out],
+            refine=tokens(work.refinements, [j for js in work.rounds for j in js], "refine",
+                          verified_by_round=[sum(passed(i) for j in js for i in j.ids)
+                                             for js in work.rounds]),
+            stand=tokens(work.stand, work.stand_jobs, "stand"),
+            calls_sent_this_run=teacher.calls, spent_usd_this_run=round(teacher.spent_usd, 6))
+        s.datasets = {k: len(v) for k, v in datasets.items()}
+        s.student = StudentInfo(model=self.cfg.student.model, model_id=inputs.student_id)
+        s.pass_before = before.pass_at
         if self.cfg.eval.rounds:
-            self.summary["pass_before_per_round"] = list(before.rounds)
+            s.pass_before_per_round = list(before.rounds)
 
     def report_after(self, adapter: Path, after) -> None:
-        self.summary.update(adapter=str(adapter), adapter_id=after.adapter_id,
-                            pass_after=after.pass_at)
+        s = self.summary
+        s.adapter, s.adapter_id, s.pass_after = str(adapter), after.adapter_id, after.pass_at
         if self.cfg.eval.rounds:
-            self.summary["pass_after_per_round"] = list(after.rounds)
+            s.pass_after_per_round = list(after.rounds)
 
-    def write_summary(self, inputs: Inputs, before) -> dict:
+    def write_summary(self, inputs: Inputs, before) -> RunSummary:
         """8: summary.json, written atomically."""
-        summary, cfg = self.summary, self.cfg
-        summary["eval"] = {"tasks": len(inputs.eval_tasks), "n": cfg.eval.n,
-                           "set": cfg.data.eval_tasks, "without_samples": before.without_samples}
-        summary["seconds_per_stage"] = self.timings
-        summary["jobs"] = self.run.stats  # per stage: reused from the store / computed now
-        tmp = self.run.path / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, self.run.path / "summary.json")
+        s, cfg = self.summary, self.cfg
+        s.eval = EvalInfo(tasks=len(inputs.eval_tasks), n=cfg.eval.n, set=cfg.data.eval_tasks,
+                          without_samples=before.without_samples)
+        s.seconds_per_stage = self.timings
+        s.jobs = self.run.stats  # per stage: reused from the store / computed now
+        s.write(self.run.path)
         self.write_report()
-        return summary
+        return s
 
     def write_report(self) -> None:
         """report.md and its plots; a report that cannot be drawn never fails a finished run

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from engine.evaluate import paired_bootstrap
+from engine.summary import RunSummary
 
 PLOTS = ("pass", "funnel", "personal", "time")
 
@@ -42,50 +43,52 @@ def _table(head: list[str], rows: list[list]) -> list[str]:
     return out + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
 
 
-def evaluations(run: Path, summary: dict) -> list[tuple[str, str, str | None]]:
+def evaluations(run: Path, summary: RunSummary) -> list[tuple[str, str, str | None]]:
     """(label, before view, after view) for each inference step and online round this run
     evaluated (after view None: the run trained nothing; files of other invocations are never
     taken for this run's)."""
-    rounds = len(summary.get("pass_before_per_round") or [None])
-    trained = "pass_after" in summary
+    rounds = len(summary.pass_before_per_round or [None])
+    trained = summary.pass_after is not None
     out = []
     for r in range(rounds):
         tag = "" if r == 0 else f"-round{r}"
         out.append((f"{r + 1}-step", f"eval-before{tag}-results",
                     f"eval-after{tag}-results" if trained else None))
-    for row in summary.get("online") or []:
-        if row["round"]:
-            out.append((f"online round {row['round']}", "eval-before-results",
-                        f"eval-after-o{row['round']}-results"))
+    for row in summary.online or []:
+        if row.round:
+            out.append((f"online round {row.round}", "eval-before-results",
+                        f"eval-after-o{row.round}-results"))
     return out
 
 
 def build(run_dir: str | Path) -> Path:
     """Write RUN/report.md (+ PNGs); return its path."""
     run = Path(run_dir)
-    summary = json.loads((run / "summary.json").read_text())
+    summary = RunSummary.load(run)
     config = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() \
         else {}
     md = [f"# Run report: `{run}`", ""]
-    student = summary.get("student", {}).get("model", config.get("student", {}).get("model"))
-    teacher = summary.get("teacher", {})
+    student = summary.student.model if summary.student else \
+        config.get("student", {}).get("model")
+    teacher = summary.teacher
+    ev = summary.eval
     data = config.get("data", {})
-    md += [f"Student **{student}**, teacher **{teacher.get('model', '-')}**, training pool "
+    md += [f"Student **{student}**, teacher **{teacher.model if teacher else '-'}**, training pool "
            f"`{data.get('train_tasks', '-')}` ("
            f"{'all' if not data.get('train_limit') else 'first ' + str(data['train_limit'])}"
            f" tasks), held-out "
-           f"set `{summary.get('eval', {}).get('set', '-')}` "
-           f"({summary.get('eval', {}).get('tasks', '-')} tasks, n="
-           f"{summary.get('eval', {}).get('n', '-')}), fine-tuned on "
-           f"**{summary.get('dataset')}**.", ""]
-    if "decontamination" in summary:
-        d = summary["decontamination"]
+           f"set `{ev.set if ev else '-'}` "
+           f"({ev.tasks if ev else '-'} tasks, n="
+           f"{ev.n if ev else '-'}), fine-tuned on "
+           f"**{summary.dataset}**.", ""]
+    if summary.decontamination is not None:
+        d = summary.decontamination
         md += [f"Decontamination: {d['dropped']} of {d['pool']} pool tasks share a word "
                f"{d['n']}-gram with the {d['against']} evaluation tasks and were dropped.", ""]
 
     # ---- pass@k
     md += ["## pass@k", ""]
-    before, after = summary.get("pass_before", {}), summary.get("pass_after", {})
+    before, after = summary.pass_before or {}, summary.pass_after or {}
     ks = sorted(before, key=lambda k: int(k.split("@")[1]))
     rows = []
     for k in ks:
@@ -111,27 +114,28 @@ def build(run_dir: str | Path) -> Path:
     md += ["![pass@1 before and after](report-pass.png)", ""]
 
     # ---- funnel
-    att = summary.get("attempts", {})
-    ref = teacher.get("refine", {})
-    ds = summary.get("datasets", {})
-    funnel = [("training tasks", att.get("tasks")), ("student attempts", att.get("samples")),
-              ("failed attempts", att.get("failed")), ("teacher requests", ref.get("calls")),
-              ("refinements", ref.get("samples")), ("verified refinements", ref.get("verified")),
+    att = summary.attempts
+    ref = teacher.refine if teacher else None
+    ds = summary.datasets or {}
+    funnel = [("training tasks", att and att.tasks), ("student attempts", att and att.samples),
+              ("failed attempts", att and att.failed), ("teacher requests", ref and ref.calls),
+              ("refinements", ref and ref.samples), ("verified refinements", ref and ref.verified),
               ("PersD examples", ds.get("persd")),
-              (f"training examples ({summary.get('dataset')})", ds.get(summary.get("dataset")))]
+              (f"training examples ({summary.dataset})", ds.get(summary.dataset))]
     md += ["## Funnel", ""] + _table(["step", "count"], [[a, "-" if b is None else b]
                                                        for a, b in funnel]) + [""]
-    if ref.get("verified_by_round"):
-        md += [f"Verified refinements per teacher round: {ref['verified_by_round']}; returned "
-               f"unchanged: {ref.get('unchanged', 0)}; no code extracted: "
-               f"{ref.get('extraction_failed', 0)}. Verified yield (failed attempts with a "
-               f"passing refinement): {ds.get('persd', 0)} of {att.get('failed', 0)} = "
-               f"{_pct(ds.get('persd', 0) / att['failed']) if att.get('failed') else '-'}%.", ""]
+    if ref and ref.verified_by_round:
+        failed = att.failed if att else 0
+        md += [f"Verified refinements per teacher round: {ref.verified_by_round}; returned "
+               f"unchanged: {ref.unchanged}; no code extracted: "
+               f"{ref.extraction_failed}. Verified yield (failed attempts with a "
+               f"passing refinement): {ds.get('persd', 0)} of {failed} = "
+               f"{_pct(ds.get('persd', 0) / failed) if failed else '-'}%.", ""]
     md += ["Datasets: " + ", ".join(f"{k} {v}" for k, v in ds.items()) + ".", "",
            "![funnel](report-funnel.png)", ""]
 
     # ---- personalisation
-    pers = summary.get("personalisation", {})
+    pers = summary.personalisation or {}
     if pers:
         md += ["## Personalisation", "",
                "Similarity of each example's target to the student's own attempt at the task "
@@ -140,32 +144,29 @@ def build(run_dir: str | Path) -> Path:
                "verified StanD answer.", ""]
         md += _table(["dataset", "examples", "target vs attempt (text / tokens / AST)",
                       "StanD vs attempt", "reference vs attempt", "closer than StanD"],
-                     [[k, v["examples"], " / ".join(f"{v['target_vs_attempt'][m]:.2f}"
-                                                    if v["target_vs_attempt"][m] is not None
-                                                    else "-" for m in ("text", "tokens", "ast")),
-                       "-" if v["stand_vs_attempt"] is None else f"{v['stand_vs_attempt']:.2f}",
-                       "-" if v["reference_vs_attempt"] is None
-                       else f"{v['reference_vs_attempt']:.2f}",
-                       "-" if v["closer_than_stand"] is None
-                       else f"{_pct(v['closer_than_stand'])}% of {v['with_stand']}"]
+                     [[k, v.examples, " / ".join(f"{v.target_vs_attempt[m]:.2f}"
+                                                 if v.target_vs_attempt[m] is not None
+                                                 else "-" for m in ("text", "tokens", "ast")),
+                       "-" if v.stand_vs_attempt is None else f"{v.stand_vs_attempt:.2f}",
+                       "-" if v.reference_vs_attempt is None
+                       else f"{v.reference_vs_attempt:.2f}",
+                       "-" if v.closer_than_stand is None
+                       else f"{_pct(v.closer_than_stand)}% of {v.with_stand}"]
                       for k, v in pers.items()]) + ["", "![personalisation](report-personal.png)",
                                                     ""]
 
     # ---- teacher
     md += ["## Teacher", ""]
     trows = []
-    for part in ("refine", "stand"):
-        t = teacher.get(part)
-        if t:
-            trows.append([part, t["calls"], t["samples"], t["cached"],
-                          f"{t['prompt_tokens']:,}", f"{t['completion_tokens']:,}",
-                          f"{t['cost_usd']:.4f}", t["verified"]])
+    parts = {"refine": teacher.refine, "stand": teacher.stand} if teacher else {}
+    for part, t in parts.items():
+        trows.append([part, t.calls, t.samples, t.cached, f"{t.prompt_tokens:,}",
+                      f"{t.completion_tokens:,}", f"{t.cost_usd:.4f}", t.verified])
     md += _table(["part", "requests", "answers", "from cache", "prompt tokens",
                   "completion tokens", "cost (USD)", "verified"], trows) + [""]
-    cost = sum(teacher.get(p, {}).get("cost_usd", 0.0) for p in ("refine", "stand"))
-    tokens = sum(teacher.get("refine", {}).get(k, 0) for k in ("prompt_tokens",
-                                                                "completion_tokens"))
-    examples = ds.get(summary.get("dataset"), 0)
+    cost = sum(t.cost_usd for t in parts.values())
+    tokens = ref.prompt_tokens + ref.completion_tokens if ref else 0
+    examples = summary.examples()
     gain = (after.get("pass@1", 0) - before.get("pass@1", 0)) * 100 if after else None
     md += [f"Refinement tokens per verified example: "
            f"{tokens / ds['persd']:,.0f}" if ds.get("persd") else
@@ -175,8 +176,8 @@ def build(run_dir: str | Path) -> Path:
            "Cost per pass@1 point gained: - (no gain)", ""]
 
     # ---- time
-    times = summary.get("seconds_per_stage", {})
-    jobs = summary.get("jobs", {})
+    times = summary.seconds_per_stage
+    jobs = summary.jobs
     reused = sum(v.get("reused", 0) for v in jobs.values() if isinstance(v, dict))
     computed = sum(v.get("computed", 0) for v in jobs.values() if isinstance(v, dict))
     md += ["## Where the time went", "",
@@ -186,7 +187,7 @@ def build(run_dir: str | Path) -> Path:
         [[k, f"{v:.1f}", f"{100 * v / max(sum(times.values()), 1e-9):.0f}%"]
          for k, v in times.items()]) + ["", f"Total {sum(times.values()):.0f} s.", "",
                                          "![time per stage](report-time.png)", ""]
-    sb = summary.get("sandbox", {})
+    sb = summary.sandbox or {}
     if sb:
         md += [f"Sandbox: {sb.get('programs')} programs graded, {sb.get('sandbox_faults', 0)} "
                f"executor faults re-run ({sb.get('sandbox_faults_final', 0)} final), "
@@ -194,7 +195,7 @@ def build(run_dir: str | Path) -> Path:
 
     # ---- flips
     pb = per_task(run, "eval-before-results")
-    pa = per_task(run, "eval-after-results") if "pass_after" in summary else {}
+    pa = per_task(run, "eval-after-results") if summary.pass_after is not None else {}
     if pb and pa:
         up = sorted(t for t in pb if pb[t] < pa.get(t, 0))
         down = sorted(t for t in pb if pb[t] > pa.get(t, 0))
@@ -203,13 +204,13 @@ def build(run_dir: str | Path) -> Path:
                f"Worse after fine-tuning ({len(down)}): " + (", ".join(down) or "none"), ""]
 
     # ---- online
-    if summary.get("online"):
+    if summary.online:
         md += ["## Online rounds", ""] + _table(
             ["round", "tasks", "train pass rate", "failures", "verified attempts",
              "new examples", "dataset", "held-out pass@1"],
-            [[r["round"], r["tasks"], _pct(r["train_pass_rate"]), r["failures"],
-              r["verified_attempts"], r["new_examples"], r["dataset_size"],
-              _pct(r["pass_after"].get("pass@1"))] for r in summary["online"]]) + [""]
+            [[r.round, r.tasks, _pct(r.train_pass_rate), r.failures, r.verified_attempts,
+              r.new_examples, r.dataset_size, _pct(r.pass_after.get("pass@1"))]
+             for r in summary.online]) + [""]
 
     plots(run, summary, funnel, times)
     path = run / "report.md"
@@ -217,7 +218,7 @@ def build(run_dir: str | Path) -> Path:
     return path
 
 
-def plots(run: Path, summary: dict, funnel: list, times: dict) -> None:
+def plots(run: Path, summary: RunSummary, funnel: list, times: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -281,16 +282,16 @@ def plots(run: Path, summary: dict, funnel: list, times: dict) -> None:
 def compare(runs: list[Path], out: Path) -> Path:
     """Key numbers of several runs side by side, and the paired difference of each run's
     after-evaluation against the first run's on the tasks both have."""
-    sums = [json.loads((r / "summary.json").read_text()) for r in runs]
+    sums = [RunSummary.load(r) for r in runs]
     md = ["# Runs compared", ""]
-    keys = [("dataset", lambda s: s.get("dataset")),
-            ("failed attempts", lambda s: s.get("attempts", {}).get("failed")),
-            ("training examples", lambda s: s.get("datasets", {}).get(s.get("dataset"))),
-            ("pass@1 before", lambda s: _pct(s.get("pass_before", {}).get("pass@1"))),
-            ("pass@1 after", lambda s: _pct(s.get("pass_after", {}).get("pass@1"))),
-            ("teacher cost (USD)", lambda s: sum(s.get("teacher", {}).get(p, {})
-                                                 .get("cost_usd", 0) for p in ("refine", "stand"))),
-            ("seconds", lambda s: round(sum(s.get("seconds_per_stage", {}).values())))]
+    keys = [("dataset", lambda s: s.dataset),
+            ("failed attempts", lambda s: s.attempts.failed if s.attempts else None),
+            ("training examples", lambda s: s.examples()),
+            ("pass@1 before", lambda s: _pct((s.pass_before or {}).get("pass@1"))),
+            ("pass@1 after", lambda s: _pct((s.pass_after or {}).get("pass@1"))),
+            ("teacher cost (USD)", lambda s: s.teacher.refine.cost_usd + s.teacher.stand.cost_usd
+             if s.teacher else 0),
+            ("seconds", lambda s: round(sum(s.seconds_per_stage.values())))]
     md += _table(["", *[f"`{r}`" for r in runs]], [[k, *[f(s) for s in sums]] for k, f in keys])
     first = per_task(runs[0], "eval-after-results")
     rows = []

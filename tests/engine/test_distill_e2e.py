@@ -10,6 +10,7 @@ import pytest
 from engine.config import DataConfig, EvalConfig, RunConfig, TeacherConfig
 from engine.records import Attempt, Example, Grade, Refinement
 from engine.store import RunStore
+from engine.summary import RunSummary
 from engine.tasks import load_file
 from tests.tiny import SCRIPTED_TEACHER, ScriptedTeacher, wrong_on_purpose
 from train.config import TrainConfig
@@ -31,10 +32,10 @@ def e2e(tmp_path_factory, task_file, student_pool, student_cfg, tiny_model):
                             eval_tasks=str(task_file), eval_limit=3),
             eval=EvalConfig(n=2, k=(1, 2), temperature=0.8, max_tokens=32),
             train=TrainConfig(epochs=2, lr=1e-3, batch_tokens=1024, save_every=100))
-        summary = run_distill(cfg, student_pool=student_pool)
+        summary = run_distill(cfg, student_pool=student_pool).to_json()
         first_requests = len(teacher.requests)
         # resume: the same run directory again makes no teacher call and redoes nothing
-        again = run_distill(cfg, student_pool=student_pool)
+        again = run_distill(cfg, student_pool=student_pool).to_json()
         resumed_requests = len(teacher.requests) - first_requests
     return tasks, RunStore(run_dir, lock=False), summary, again, first_requests, resumed_requests
 
@@ -51,6 +52,8 @@ def test_run_directory_holds_every_stage(e2e):
     assert set(saved["pass_after"]) == {"pass@1", "pass@2"}
     assert saved["attempts"]["tasks"] == len(tasks)
     assert all(s >= 0 for s in saved["seconds_per_stage"].values())
+    assert saved == summary   # run_distill's record is the document on disk
+    assert RunSummary.load(run.path).to_json() == saved   # and reads back field for field
 
 
 def test_teacher_sees_failures_only_and_persd_holds_exactly_the_verified(e2e):

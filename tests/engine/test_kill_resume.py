@@ -65,7 +65,7 @@ def test_kill_in_every_stage_then_resume_equals_an_uninterrupted_run(
     with ScriptedTeacher(tasks) as reference_teacher:
         ref_dir = tmp_path / "reference"
         reference = run_distill(make_cfg(ref_dir, task_file, tiny_model, student_cfg,
-                                         reference_teacher.url), student_pool=student_pool)
+                                         reference_teacher.url), student_pool=student_pool).to_json()
         reference_requests = len(reference_teacher.requests)
     with ScriptedTeacher(tasks) as teacher:
         run_dir = tmp_path / "killed"

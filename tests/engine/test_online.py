@@ -34,9 +34,9 @@ def online(tmp_path_factory, student_pool, student_cfg, tiny_model):
                             eval_limit=2),
             eval=EvalConfig(n=1, k=(1,), temperature=0.0, max_tokens=32),
             train=TrainConfig(epochs=2, lr=1e-3, batch_tokens=1024, save_every=100))
-        summary = run_distill(cfg, student_pool=student_pool)
+        summary = run_distill(cfg, student_pool=student_pool).to_json()
         first = len(teacher.requests)
-        again = run_distill(cfg, student_pool=student_pool)
+        again = run_distill(cfg, student_pool=student_pool).to_json()
         resumed = len(teacher.requests) - first
     return tasks, RunStore(run_dir, lock=False), summary, again, resumed
 

@@ -1,7 +1,7 @@
 """Resuming with changed settings: exactly the jobs whose inputs changed are recomputed, the rest
 are reused; `--on_change refuse` stops instead; a sampler that loaded another model is caught.
 
-Each run is in-process on the session's shared tiny student; `summary["jobs"]` counts, per
+Each run is in-process on the session's shared tiny student; `summary.jobs` counts, per
 stage, the jobs this run reused from the store and the ones it computed.
 """
 from __future__ import annotations
@@ -40,8 +40,8 @@ def base(tmp_path, task_file, tiny_model, student_cfg, teacher):
         train=TrainConfig(epochs=1, lr=1e-3, batch_tokens=1024, save_every=100))
 
 
-def computed(summary: dict) -> dict[str, int]:
-    return {stage: c["computed"] for stage, c in summary["jobs"].items() if c["computed"]}
+def computed(summary) -> dict[str, int]:
+    return {stage: c["computed"] for stage, c in summary.jobs.items() if c["computed"]}
 
 
 def replace(cfg: RunConfig, **sections) -> RunConfig:
@@ -56,7 +56,7 @@ def test_changed_settings_recompute_exactly_what_they_affect(base, student_pool,
     from engine.distill import run_distill
 
     first = run_distill(base, student_pool=student_pool)
-    failed = first["attempts"]["failed"]
+    failed = first.attempts.failed
     assert computed(first)["attempts"] == 6 and failed > 0
 
     same = run_distill(base, student_pool=student_pool)
@@ -77,14 +77,14 @@ def test_changed_settings_recompute_exactly_what_they_affect(base, student_pool,
 
     samples = run_distill(replace(base, student={"samples": 2, "temperature": 0.7}),
                           student_pool=student_pool)
-    assert computed(samples)["attempts"] == 6 and samples["attempts"]["samples"] == 12
+    assert computed(samples)["attempts"] == 6 and samples.attempts.samples == 12
 
     fewer = run_distill(replace(base, data={"train_limit": 4}), student_pool=student_pool)
-    assert fewer["attempts"]["tasks"] == 4 and computed(fewer) == {}
+    assert fewer.attempts.tasks == 4 and computed(fewer) == {}
 
     # back to the first settings: every record of the first run is still in the store
     again = run_distill(base, student_pool=student_pool)
-    assert computed(again) == {} and again["datasets"] == first["datasets"]
+    assert computed(again) == {} and again.datasets == first.datasets
 
 
 def test_changed_task_tests_regrade_only_that_task(base, student_pool, task_file, tmp_path):
@@ -118,7 +118,7 @@ def test_a_new_dataset_retrains_and_reevaluates(base, student_pool):
     trained = replace(base, skip_train=False)
     first = run_distill(trained, student_pool=student_pool)
     other = run_distill(replace(trained, dataset="stand"), student_pool=student_pool)
-    assert other["adapter_id"] != first["adapter_id"]
+    assert other.adapter_id != first.adapter_id
     assert computed(other)["eval-after-attempts"] == 2
     assert set(computed(other)) <= {"eval-after-attempts", "eval-after-grades"}
     trainings = sorted(p.name for p in Path(base.run_dir).glob("train*"))
