@@ -64,6 +64,7 @@ class Judge:
         self.stop: dict | None = None
         self.corrupt: str | None = None
         self.inside = 0
+        self.outputs: list = [None] * len(request.tests) if request.outputs else []
 
     def run(self) -> Run:
         try:
@@ -81,7 +82,7 @@ class Judge:
         except Gone:
             pass
         return Run(tuple(self.results), self.started, self.done, self.stop, self.corrupt,
-                   self.timed_out, self.channel.zygote_lost)
+                   self.timed_out, self.channel.zygote_lost, tuple(self.outputs))
 
     # ------------------------------------------------------------------------------ tests
 
@@ -165,6 +166,8 @@ class Judge:
 
     def _split(self, step: SplitPlan) -> TestResult | None:
         left_raw, left = self._side(step.left)
+        if self.outputs and self.outputs[self.current] is None:   # the test's first split
+            self.outputs[self.current] = left_raw
         right_raw, right = self._side(step.right)
         try:
             ok = equal(left_raw, right_raw)

@@ -317,7 +317,8 @@ class WorkerProcess:
             Status(reply.status)
         except (ProtocolError, ValueError) as exc:
             raise WorkerFailure(f"bad reply: {exc}") from None
-        if reply.program_id != request.program_id or len(reply.test_passed) != len(request.tests):
+        if reply.program_id != request.program_id or len(reply.test_passed) != len(request.tests) \
+                or len(reply.outputs) != (len(request.tests) if request.outputs else 0):
             raise WorkerFailure("reply does not match the request")
         return reply
 

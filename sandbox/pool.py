@@ -175,7 +175,8 @@ class SandboxPool:
             if reply.retire:
                 worker = self._retire(worker, "its zygote died", program)
             return Grade(program.program_id, Status(reply.status), reply.test_passed,
-                         reply.feedback, reply.duration_s), reply.tests_inside
+                         reply.feedback, reply.duration_s,
+                         tuple(reply.outputs)), reply.tests_inside
         finally:
             self._idle.put(worker)
 
@@ -214,7 +215,7 @@ def _request(program: Program) -> Program:
         raise ValueError(f"Program {program.program_id}: timeout_s must be > 0")
     tests = tuple(TestCase(t.source, t.call, t.expected) for t in program.tests)
     return Program(program.program_id, program.code, tests, program.setup,
-                   float(program.timeout_s))
+                   float(program.timeout_s), bool(program.outputs))
 
 
 def _kill_all(workers: set[WorkerProcess], launcher: Launcher) -> None:

@@ -80,6 +80,7 @@ class Reply:
     duration_s: float
     tests_inside: int         # tests whose verdict rests on a comparison the program made
     retire: bool              # the worker cannot grade another program; replace it
+    outputs: list             # Grade.outputs (empty unless the Program asked for them)
 
 
 # ----------------------------------------------------------------------------------------- frames
@@ -180,6 +181,11 @@ def from_wire(cls: type[W], obj: Any) -> W:
             value = tuple(_expect(v, str, cls, name) for v in _expect(value, list, cls, name))
         elif kind == "str | None":
             value = None if value is None else _expect(value, str, cls, name)
+        elif kind == "list":   # encoded outputs: each None or a tagged array
+            value = _expect(value, list, cls, name)
+            for v in value:
+                if v is not None and not (isinstance(v, list) and v and isinstance(v[0], str)):
+                    raise ProtocolError(f"{cls.__name__}.{name}: an output that is not encoded")
         elif kind == "float":
             value = float(_expect(value, (int, float), cls, name))
         else:

@@ -47,6 +47,8 @@ class Program:
     tests: tuple[TestCase, ...]
     setup: str = ""
     timeout_s: float = 10.0
+    outputs: bool = False         # also return what each test's CALL side computed
+                                  # (Grade.outputs): test synthesis asks the reference this way
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,9 @@ class Grade:
     test_passed: tuple[bool, ...]   # one entry per test; tests after a crash count as failed
     feedback: str                   # the paper's feedback for the first failure; "" when passed
     duration_s: float
+    # with Program.outputs: per test, the output of its CALL side as sandbox/values.py encodes
+    # it, or None where the call raised, was not reached, or the test has no CALL side
+    outputs: tuple[list | None, ...] = ()
 
     @property
     def passed(self) -> bool:

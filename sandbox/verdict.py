@@ -61,6 +61,7 @@ class Run:
     corrupt: str | None               # why the result channel cannot be trusted
     timed_out: bool                   # the judge reached the deadline
     zygote_lost: bool                 # the zygote died or stopped answering
+    outputs: tuple = ()               # per test, its CALL side's encoded output (Program.outputs)
 
 
 @dataclass(frozen=True)

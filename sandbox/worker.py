@@ -122,7 +122,7 @@ def grade(request: Program, limits: WorkerLimits, scratch: str, workdir: str,
         tail = bytes(channel.output[-200:]).decode("utf-8", "backslashreplace").strip()
         feedback = f"{feedback}; last output: {tail}"[:500]
     return Reply(request.program_id, verdict.status.value, verdict.test_passed, feedback,
-                 duration, judge.inside, end is None)
+                 duration, judge.inside, end is None, list(run.outputs))
 
 
 def clean_up(channel: Channel, scratch: str, workdir: str) -> bool:

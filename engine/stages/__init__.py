@@ -13,13 +13,13 @@ from engine.stages.attempt import (SampleJob, attempt_stage, refine_job, request
                                    sample_requests, task_jobs)
 from engine.stages.datasets import (build_datasets, matched_stand, one_per_attempt,
                                     personalisation)
-from engine.stages.grade import grade, grade_stage, program, program_fingerprint
+from engine.stages.grade import grade, grade_stage, program, program_fingerprint, programs_stage
 from engine.stages.refine import (TeacherJob, ask_teacher, first_round_jobs, next_round_jobs,
                                   refine_rounds, refine_stage, solved_attempts, stand_jobs,
                                   verify_stage)
 
 __all__ = ["SampleJob", "attempt_stage", "refine_job", "request_seed", "sample",
            "sample_requests", "task_jobs", "build_datasets", "matched_stand", "one_per_attempt",
-           "personalisation", "grade", "grade_stage", "program", "program_fingerprint",
+           "personalisation", "grade", "grade_stage", "program", "program_fingerprint", "programs_stage",
            "TeacherJob", "ask_teacher", "first_round_jobs", "next_round_jobs", "refine_rounds",
            "refine_stage", "solved_attempts", "stand_jobs", "verify_stage"]

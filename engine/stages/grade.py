@@ -20,7 +20,23 @@ def program_fingerprint(sandbox_cfg, prog: Program) -> str:
     """What decides a verdict: the program, its tests, and the limits it runs under."""
     limits = {k: v for k, v in dataclasses.asdict(sandbox_cfg).items()
               if k not in ("workers", "bwrap", "require_isolation")}
-    return fingerprint("grade", dataclasses.replace(prog, program_id=""), limits)
+    if prog.outputs:
+        return fingerprint("grade", dataclasses.replace(prog, program_id=""), limits)
+    # a Program that asks for no outputs hashes as it did before `outputs` existed, so run
+    # directories made then still resume
+    return fingerprint("grade", _GradeKey("", prog.code, prog.tests, prog.setup, prog.timeout_s),
+                       limits)
+
+
+@dataclasses.dataclass(frozen=True)
+class _GradeKey:
+    """sandbox.records.Program's fields before `outputs` (orjson hashes them in this order)."""
+
+    program_id: str
+    code: str
+    tests: tuple
+    setup: str
+    timeout_s: float
 
 
 def grade(sandbox, pairs: Sequence[tuple[str, Task, str]], seen_only: bool = False
@@ -33,8 +49,16 @@ def grade(sandbox, pairs: Sequence[tuple[str, Task, str]], seen_only: bool = Fal
 def grade_stage(store: RunStore, name: str, sandbox, items: Sequence[tuple[str, Task, str]],
                 seen_only: bool = False) -> dict[str, Grade]:
     """Grade (program_id, task, code) triples through the store; program id -> Grade."""
-    progs = {pid: program(sandbox.config, pid, t, code, seen_only) for pid, t, code in items}
+    return programs_stage(store, name, sandbox,
+                          [program(sandbox.config, pid, t, code, seen_only)
+                           for pid, t, code in items])
+
+
+def programs_stage(store: RunStore, name: str, sandbox, programs: Sequence[Program]
+                   ) -> dict[str, Grade]:
+    """Grade Program records through the store (reused while each program's fingerprint is
+    unchanged); program id -> Grade."""
     return {g.program_id: g for g in store.stage(
-        name, Grade, list(progs.values()), key=lambda p: p.program_id,
+        name, Grade, list(programs), key=lambda p: p.program_id,
         fp=lambda p: program_fingerprint(sandbox.config, p), rkey=lambda g: g.program_id,
         compute=sandbox.grade, batch=256)}

@@ -143,3 +143,16 @@ def test_any_number_of_tests(sandbox_pool, n_tests):
     tests = tuple(Case(f"assert f({i}) == {i + 1}") for i in range(n_tests))
     grade = grade_one(sandbox_pool, Program("n", "def f(x):\n    return x + 1\n", tests))
     assert grade.passed and grade.test_passed == (True,) * n_tests, grade
+
+
+def test_outputs_come_back_encoded_when_asked(sandbox_pool):
+    """Program.outputs: each test's CALL side output, strictly encoded (test synthesis reads the
+    reference's answers this way); None where the call raised or there is no CALL side."""
+    code = "def f(x):\n    if x < 0:\n        raise ValueError(x)\n    return [x, str(x), x / 2]\n"
+    tests = (Case("", "f(2)", "None"), Case("", "f(-1)", "None"), Case("assert True"),
+             Case("assert f(4) == [4, '4', 2.0]"))
+    asked = grade_one(sandbox_pool, Program("o", code, tests, outputs=True))
+    assert asked.outputs == (["list", [["int", "0x2"], ["str", "2"], ["float", "1.0"]]], None,
+                             None, ["list", [["int", "0x4"], ["str", "4"], ["float", "2.0"]]])
+    assert asked.test_passed == (False, False, True, True)   # still judged as usual
+    assert grade_one(sandbox_pool, Program("o", code, tests)).outputs == ()
