@@ -226,6 +226,56 @@ class EvaluateConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+@dataclass(frozen=True)
+class SynthConfig:
+    """Unit tests for tasks that have none (engine/tasks/synthesize.py): the teacher proposes
+    inputs, the reference run in the sandbox gives the expected outputs, and a test set is kept
+    only if it discriminates."""
+
+    inputs: int = _f(8, "test inputs (calls) the teacher is asked to propose per task")
+    min_tests: int = _f(3, "a task keeps its synthesised tests only with at least this many")
+    max_tests: int = _f(10, "at most this many tests per task (the first proposed that survive)")
+    min_kill: float = _f(0.6, "share of the reference's mutants (engine/tasks/mutants.py) the "
+                         "tests must kill; 0 turns the check off")
+    mutants: int = _f(20, "mutants of the reference tried per task")
+    cross_check: bool = _f(False, "also ask the teacher for its own solution (greedy) and flag "
+                           "a task where it and the reference disagree on an input: either the "
+                           "reference or the tests are wrong")
+    keep_flagged: bool = _f(False, "write flagged tasks to the output too (marked)")
+    votes: int = _f(5, "tasks without a reference: teacher solutions sampled; an input is kept "
+                    "when more than half of them agree on its output")
+    vote_temperature: float = _f(0.8, "sampling temperature of those solutions")
+    timeout_s: float = _f(2.0, "seconds per run of one input")
+    max_expected_chars: int = _f(300, "an expected value whose literal is longer is dropped")
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_kill <= 1:
+            raise ConfigError(f"synth.min_kill: a share in [0, 1], got {self.min_kill}")
+        if self.inputs < 1 or self.min_tests < 1 or self.max_tests < self.min_tests:
+            raise ConfigError("synth: need inputs >= 1 and 1 <= min_tests <= max_tests")
+        if self.votes < 1:
+            raise ConfigError(f"synth.votes: must be >= 1, got {self.votes}")
+
+
+@dataclass(frozen=True)
+class SynthesizeConfig:
+    """`python -m engine.synthesize`: add checked unit tests to tasks that have none."""
+
+    tasks: str = _f("", "task set to add tests to (a file in any task format, hf:PATH, a spec "
+                    "of engine/tasks/loaders.py); tasks need an instruction or prompt and, "
+                    "ideally, a reference solution")
+    limit: int = _f(0, "the first N tasks (0 = all)")
+    columns: str = _f("", "for hf:PATH task sets: FIELD=COLUMN pairs (see data.columns)")
+    strip_tests: bool = _f(False, "drop the tasks' own tests first (to measure the synthesised "
+                           "ones against them)")
+    out: str = _f("runs/synth", "directory: the run store and teacher cache (a rerun resumes), "
+                  "tasks.jsonl (the tasks with their tests), synthesis.jsonl (per task: what was "
+                  "kept and why) and summary.json")
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+
+
 Dataset = Literal["persd", "persd-refine", "persd-combined", "stand", "stand-matched", "inpd"]
 DATASETS: tuple[str, ...] = typing.get_args(Dataset)
 

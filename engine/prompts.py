@@ -115,6 +115,27 @@ def teacher_messages(template: str, task: Task, code: str = "", feedback: str = 
     return [system, {"role": "user", "content": "\n\n".join(parts)}]
 
 
+def _statement(task: Task) -> str:
+    """The task as shown to someone who tests it: its code prompt, or its instruction."""
+    if re.search(rf"^\s*(def|class)\s+{re.escape(task.entry_point)}\b", task.prompt, re.M):
+        return f"```python\n{task.prompt.rstrip()}\n```"
+    return task.instruction or task.prompt
+
+
+def inputs_messages(task: Task, count: int) -> list[dict[str, str]]:
+    """Test synthesis (engine/tasks/synthesize.py): the teacher proposes inputs only. Expected
+    values come from running the reference, never from the teacher."""
+    return [{"role": "system", "content": "You are an expert Python programmer who writes "
+             "thorough unit tests."},
+            {"role": "user", "content": (
+                f"{_statement(task)}\n\n"
+                f"Propose {count} different calls of `{task.entry_point}` that together test it "
+                "well: typical cases, edge cases (empty, zero, one element, negative, large, "
+                "ties) and tricky cases. Each call must use only literal arguments. Write one "
+                f"call per line, like `{task.entry_point}(...)`, with no assert and no expected "
+                "value, in one ```python code block.")}]
+
+
 TEMPLATES = ("refine-feedback", "refine-nofeedback", "reference-guided", "reference-two-turn",
              "reference-edit", "auto", "answer")
 

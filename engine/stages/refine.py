@@ -42,9 +42,13 @@ class TeacherJob:
 
     @property
     def ids(self) -> tuple[str, ...]:
-        if self.attempt_id is None:
-            return (f"{self.task.task_id}>stand",)
+        if self.attempt_id is None:   # from the task alone: a StanD answer, or (synthesis) inputs
+            base = f"{self.task.task_id}>{'stand' if self.template == 'answer' else self.template}"
+            return (base,) if self.chains == (0,) else tuple(f"{base}.{j}" for j in self.chains)
         return tuple(f"{self.attempt_id}>r{self.round}.{j}" for j in self.chains)
+
+    def messages(self) -> list[dict[str, str]]:
+        return prompts.teacher_messages(self.template, self.task, self.code, self.feedback)
 
     @property
     def job_id(self) -> str:
@@ -116,7 +120,7 @@ def ask_teacher(teacher: Teacher, jobs: Sequence[TeacherJob], *, stage: str = "r
         return []
     n = len(jobs[0].chains)
     assert all(len(j.chains) == n for j in jobs), "one call asks every job for the same n"
-    msgs = [prompts.teacher_messages(j.template, j.task, j.code, j.feedback) for j in jobs]
+    msgs = [j.messages() for j in jobs]
     progress = Progress(stage, len(jobs), unit="calls")
     try:
         replies = asyncio.run(teacher.complete_many(msgs, lambda i, r: progress.update(), n=n,
@@ -146,9 +150,7 @@ def refine_stage(store: RunStore, name: str, teacher: Teacher, jobs: Sequence[Te
     """Ask the teacher through the store: a job is reused while its request's cache key (endpoint
     identity, API, model, messages, sampling, n) is unchanged. Refinement id -> record."""
     owner = {rid: j.job_id for j in jobs for rid in j.ids}
-    keys = {j.job_id: teacher.cache_key(
-        prompts.teacher_messages(j.template, j.task, j.code, j.feedback), len(j.chains), j.extra)
-        for j in jobs}
+    keys = {j.job_id: teacher.cache_key(j.messages(), len(j.chains), j.extra) for j in jobs}
     by_n: dict[int, list[TeacherJob]] = {}
     for j in jobs:  # one teacher call asks every job of it for the same n
         by_n.setdefault(len(j.chains), []).append(j)

@@ -51,7 +51,8 @@ def open_dataset(path: str | Path):
     raise TaskFileError(f"{path}: not a datasets directory, .parquet or .jsonl")
 
 
-def load_hf(path: str, columns: str = "", verify_seen: bool = True) -> list[Task]:
+def load_hf(path: str, columns: str = "", verify_seen: bool = True, require_tests: bool = True
+            ) -> list[Task]:
     from engine.tasks.loaders import parse_records
 
     mapping = parse_columns(columns)
@@ -67,4 +68,4 @@ def load_hf(path: str, columns: str = "", verify_seen: bool = True) -> list[Task
             rec = {renamed.get(k, k): v for k, v in row.items()
                    if k in renamed or k not in mapping}
             yield f"{path}:row {i}", rec
-    return parse_records(records(), str(path), verify_seen)
+    return parse_records(records(), str(path), verify_seen, require_tests)

@@ -120,14 +120,13 @@ def _mbpp_entry_point(d: dict) -> str:
 
 
 def _from_mbpp(d: dict, where: str) -> Task:
-    tests = tuple(assert_to_test(t) for t in d["test_list"])
-    if not tests:
-        raise ValueError("task has no tests (test_list is empty)")
+    tests = tuple(assert_to_test(t) for t in d.get("test_list") or ())
     text = d["text"].strip()
-    prompt = f'"""\n{text}\n{d["test_list"][0]}\n"""\n'
+    shown = f"\n{d['test_list'][0]}" if tests else ""
+    prompt = f'"""\n{text}{shown}\n"""\n'
     return Task(task_id=f"MBPP/{d['task_id']}", prompt=prompt, entry_point=_mbpp_entry_point(d),
                 tests=tests, seen_tests=tests[:1], setup=d.get("test_setup_code") or "",
-                instruction=f"{text}\nYour code should pass this test:\n{d['test_list'][0]}",
+                instruction=f"{text}\nYour code should pass this test:{shown}" if tests else text,
                 reference=d["code"].replace("\r\n", "\n"), source=where, tags=("mbpp",))
 
 
@@ -154,7 +153,7 @@ def shown_in(test: TestCase, prompt: str) -> bool:
 
 def _from_plain(d: dict, where: str) -> Task:
     ep = d["entry_point"]
-    tests = tuple(_plain_test(t, where) for t in d["tests"])
+    tests = tuple(_plain_test(t, where) for t in d.get("tests") or ())
     explicit = "seen_tests" in d
     seen = tuple(_plain_test(t, where) for t in d["seen_tests"]) if explicit else tests[:1]
     if d.get("prompt"):
@@ -185,9 +184,9 @@ def detect_format(d: dict) -> str:
     keys = set(d)
     if {"prompt", "canonical_solution", "test", "entry_point"} <= keys:
         return "humaneval"
-    if {"text", "code", "test_list"} <= keys:
+    if {"text", "code", "test_list"} <= keys or {"text", "code", "task_id"} <= keys:
         return "mbpp"
-    if {"task_id", "entry_point", "tests"} <= keys:
+    if {"task_id", "entry_point"} <= keys and keys & {"tests", "prompt", "signature"}:
         return "plain"
     raise ValueError(f"unrecognised task record (keys: {sorted(keys)}); see README 'Task format'")
 
@@ -203,9 +202,11 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
                 yield i, line
 
 
-def load_file(path: str | Path, verify_seen: bool = True) -> list[Task]:
+def load_file(path: str | Path, verify_seen: bool = True, require_tests: bool = True
+              ) -> list[Task]:
     """Every task of a task file. HumanEval seen tests (docstring examples) that the canonical
-    solution fails are dropped (`verify_seen`; this starts a small sandbox pool)."""
+    solution fails are dropped (`verify_seen`; this starts a small sandbox pool). A task without
+    tests is an error unless `require_tests` is off (test synthesis reads such tasks)."""
     path = Path(path)
     if not path.exists():
         raise MissingFile(f"task file {path} does not exist")
@@ -217,11 +218,11 @@ def load_file(path: str | Path, verify_seen: bool = True) -> list[Task]:
                 yield where, orjson.loads(line)
             except orjson.JSONDecodeError as e:
                 raise TaskFileError(f"{where}: malformed JSON ({e})") from None
-    return parse_records(records(), str(path), verify_seen)
+    return parse_records(records(), str(path), verify_seen, require_tests)
 
 
-def parse_records(records: Iterable[tuple[str, object]], source: str, verify_seen: bool = True
-                  ) -> list[Task]:
+def parse_records(records: Iterable[tuple[str, object]], source: str, verify_seen: bool = True,
+                  require_tests: bool = True) -> list[Task]:
     """Tasks from (where, record) pairs, the format detected from the first record; errors name
     `where` (file and line, or dataset and row)."""
     tasks, fmt, seen_ids = [], None, set()
@@ -235,8 +236,9 @@ def parse_records(records: Iterable[tuple[str, object]], source: str, verify_see
             raise TaskFileError(f"{where}: missing field {e} for a {fmt} task") from None
         except (ValueError, SyntaxError) as e:
             raise TaskFileError(f"{where}: {e}") from None
-        if not task.tests:
-            raise TaskFileError(f"{where}: task {task.task_id!r} has no tests")
+        if not task.tests and require_tests:
+            raise TaskFileError(f"{where}: task {task.task_id!r} has no tests (python -m "
+                                "engine.synthesize adds checked tests to such tasks)")
         if task.task_id in seen_ids:
             raise TaskFileError(f"{where}: duplicate task_id {task.task_id!r}")
         seen_ids.add(task.task_id)
@@ -271,15 +273,15 @@ def split_tasks(tasks: Iterable[Task], heldout_fraction: float = 0.2, seed: int 
     return train, held
 
 
-def load_tasks(spec: str, limit: int = 0, verify_seen: bool = True, columns: str = ""
-               ) -> list[Task]:
+def load_tasks(spec: str, limit: int = 0, verify_seen: bool = True, columns: str = "",
+               require_tests: bool = True) -> list[Task]:
     """Resolve a task spec (a name above, a path, `hf:PATH`, or specs joined by `+`) and keep
     the first `limit` (0 = all); `verify_seen` as in load_file; `columns` maps task fields to
     the columns of `hf:` datasets (engine/tasks/hf.py)."""
     if "+" in spec:
         tasks, origin = [], {}
         for part in spec.split("+"):
-            for t in load_tasks(part, 0, verify_seen, columns):
+            for t in load_tasks(part, 0, verify_seen, columns, require_tests):
                 if t.task_id in origin:
                     raise ConfigError(f"task spec {spec!r}: task id {t.task_id!r} is in both "
                                      f"{origin[t.task_id]!r} and {part!r}")
@@ -292,7 +294,7 @@ def load_tasks(spec: str, limit: int = 0, verify_seen: bool = True, columns: str
     elif spec.startswith("hf:"):
         from engine.tasks.hf import load_hf
 
-        tasks = load_hf(spec[3:], columns, verify_seen)
+        tasks = load_hf(spec[3:], columns, verify_seen, require_tests)
     elif spec == "humaneval":
         tasks = load_file(humaneval_package_file(), verify_seen)
     elif spec.startswith("mbpp-test:"):  # the standard MBPP test split: task ids 11-510
@@ -304,7 +306,7 @@ def load_tasks(spec: str, limit: int = 0, verify_seen: bool = True, columns: str
             raise ConfigError(f"task spec {spec!r}: expected mbpp-ids:LO-HI:PATH")
         tasks = _id_range(load_file(path, verify_seen), int(m[1]), int(m[2]), spec)
     else:
-        tasks = load_file(spec, verify_seen)
+        tasks = load_file(spec, verify_seen, require_tests)
     return tasks[:limit] if limit else tasks
 
 

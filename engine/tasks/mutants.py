@@ -20,9 +20,9 @@ import ast
 import copy
 import dataclasses
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
-from engine.records import Task
+from engine.records import Grade, Program, Task
 
 FLIP_CMP = {ast.Lt: ast.GtE, ast.GtE: ast.Lt, ast.Gt: ast.LtE, ast.LtE: ast.Gt, ast.Eq: ast.NotEq,
             ast.NotEq: ast.Eq, ast.In: ast.NotIn, ast.NotIn: ast.In, ast.Is: ast.IsNot,
@@ -129,27 +129,37 @@ class KillReport:
         return self.killed / self.mutants if self.mutants else None
 
 
-def kill_rate(tasks: Sequence[Task], sandbox, limit: int = 40, timeout_s: float = 2.0
-              ) -> list[KillReport]:
-    """Grade every mutant of each task's reference against the task's tests (one batch). A
-    mutant often loops forever (a flipped loop condition), so each runs under `timeout_s`; a
-    timeout counts as killed."""
+def mutant_programs(tasks: Sequence[Task], limit: int = 40, timeout_s: float = 2.0
+                    ) -> list[tuple[str, Mutant, Program]]:
+    """(task id, mutant, the program grading it against the task's tests) for every mutant of
+    each task's reference. A mutant often loops forever (a flipped loop condition), so each runs
+    under `timeout_s`."""
     from engine.prompts import program_code
-    from engine.records import Program
 
-    progs, owner = [], []
-    for t in tasks:
-        for j, m in enumerate(mutants(t.reference or "", t.entry_point, limit)):
-            progs.append(Program(f"{t.task_id}~m{j}", program_code(t, m.code), t.tests, t.setup,
-                                 timeout_s))
-            owner.append((t.task_id, m))
-    grades = sandbox.grade(progs) if progs else []
+    return [(t.task_id, m, Program(f"{t.task_id}~m{j}", program_code(t, m.code), t.tests,
+                                   t.setup, timeout_s))
+            for t in tasks for j, m in enumerate(mutants(t.reference or "", t.entry_point, limit))]
+
+
+def kill_reports(tasks: Sequence[Task], graded: Sequence[tuple[str, Mutant, Grade]]
+                 ) -> list[KillReport]:
+    """One report per task from its mutants' grades: a mutant any test fails (or that times out)
+    is killed."""
     out = []
     for t in tasks:
-        mine = [(m, g) for (tid, m), g in zip(owner, grades) if tid == t.task_id]
+        mine = [(m, g) for tid, m, g in graded if tid == t.task_id]
         out.append(KillReport(t.task_id, len(mine), sum(not g.passed for _, g in mine),
                               tuple(f"{m.kind}@{m.line}" for m, g in mine if g.passed)))
     return out
+
+
+def kill_rate(tasks: Sequence[Task], sandbox, limit: int = 40, timeout_s: float = 2.0,
+              grade: Callable[[list[Program]], list[Grade]] | None = None) -> list[KillReport]:
+    """Grade every mutant of each task's reference against the task's tests (one batch;
+    `grade`: how, default the pool directly, e.g. through a run store)."""
+    jobs = mutant_programs(tasks, limit, timeout_s)
+    grades = (grade or sandbox.grade)([p for _, _, p in jobs]) if jobs else []
+    return kill_reports(tasks, [(tid, m, g) for (tid, m, _), g in zip(jobs, grades)])
 
 
 def main(argv: list[str] | None = None) -> None:
