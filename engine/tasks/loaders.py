@@ -23,6 +23,7 @@ validation and train splits). Specs joined by `+` are one set, in that order
 from __future__ import annotations
 
 import ast
+import copy
 import gzip
 import hashlib
 import re
@@ -151,8 +152,31 @@ def shown_in(test: TestCase, prompt: str) -> bool:
         and _squeezed(test.expected) in text)
 
 
+def _from_reference(reference: str, entry_point: str | None) -> tuple[str, str]:
+    """(entry point, signature) of instruction + reference data: the reference's first
+    top-level function unless `entry_point` names another."""
+    try:
+        tree = ast.parse(reference)
+    except SyntaxError as e:
+        raise ValueError(f"reference is not valid Python ({e.msg})") from None
+    defs = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    node = next((n for n in defs if n.name == entry_point), None) if entry_point else \
+        (defs[0] if defs else None)
+    if node is None:
+        raise ValueError(f"no entry_point, and the reference defines no function "
+                         f"{entry_point or ''}".strip())
+    head = copy.copy(node)
+    head.body, head.decorator_list = [ast.Pass()], []
+    return node.name, ast.unparse(head).splitlines()[0]
+
+
 def _from_plain(d: dict, where: str) -> Task:
-    ep = d["entry_point"]
+    ep = d.get("entry_point")
+    if (not ep or not (d.get("prompt") or d.get("signature"))) and d.get("reference"):
+        ep, signature = _from_reference(d["reference"], ep)
+        d = {**d, "entry_point": ep, "signature": d.get("signature") or signature}
+    if not ep:
+        raise KeyError("entry_point")
     tests = tuple(_plain_test(t, where) for t in d.get("tests") or ())
     explicit = "seen_tests" in d
     seen = tuple(_plain_test(t, where) for t in d["seen_tests"]) if explicit else tests[:1]
@@ -186,7 +210,8 @@ def detect_format(d: dict) -> str:
         return "humaneval"
     if {"text", "code", "test_list"} <= keys or {"text", "code", "task_id"} <= keys:
         return "mbpp"
-    if {"task_id", "entry_point"} <= keys and keys & {"tests", "prompt", "signature"}:
+    if "task_id" in keys and (("entry_point" in keys and keys & {"tests", "prompt", "signature"})
+                              or {"instruction", "reference"} <= keys):
         return "plain"
     raise ValueError(f"unrecognised task record (keys: {sorted(keys)}); see README 'Task format'")
 

@@ -135,6 +135,19 @@ def test_tasks_without_tests_load_only_when_asked(tmp_path):
     assert load_file(path, require_tests=False)[0].tests == ()
 
 
+def test_instruction_and_reference_rows_need_no_entry_point_or_signature(tmp_path):
+    """CodeAlpaca-style data: the entry point and signature come from the reference."""
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps({"task_id": "a", "instruction": "Add a and b.",
+                                "reference": "import math\n\ndef add(a, b=1):\n    return a + b\n"})
+                    + "\n")
+    [t] = load_file(path, require_tests=False)
+    assert t.entry_point == "add" and t.prompt.startswith("def add(a, b=1):\n")
+    path.write_text(json.dumps({"task_id": "a", "instruction": "x", "reference": "x = 1\n"}) + "\n")
+    with pytest.raises(Exception, match="t.jsonl:1: no entry_point, and the reference defines"):
+        load_file(path, require_tests=False)
+
+
 def test_synthesized_tests_pass_the_reference_and_reject_wrong_code(synthesized, sandbox_pool):
     originals, wrong, voter, run, summary, *_ = synthesized
     kept = load_file(run / "tasks.jsonl")     # the output is a task file the engine loads
