@@ -51,14 +51,17 @@ class EvalSummary:
 
 
 def summarise(results: Sequence[EvalResult], ks: Sequence[int]) -> dict[str, float]:
-    """Mean pass@k over tasks; a task without samples scores 0 (never a crash)."""
+    """Mean pass@k over tasks; a task without samples scores 0 (never a crash). Samples the
+    executor broke on are no verdict: a task all of whose samples faulted is left out of the
+    mean, and one with some faulted is scored on the rest (pass@min(k, judged))."""
     def one(r: EvalResult, k: int) -> float:
         if r.n == 0:
             return 0.0
-        if k > r.n:
+        if k > r.n and not r.faulted:
             raise ValueError(f"pass@{k} of task {r.task_id}: only {r.n} samples")
-        return pass_at_k(r.n, r.correct, k)
-    return {f"pass@{k}": float(np.mean([one(r, k) for r in results])) if results else 0.0
+        return pass_at_k(r.n, r.correct, min(k, r.n))
+    scored = [r for r in results if r.n or not r.faulted]
+    return {f"pass@{k}": float(np.mean([one(r, k) for r in scored])) if scored else 0.0
             for k in ks}
 
 
@@ -146,8 +149,10 @@ def evaluate(pool: StudentPool, sandbox, tasks: Sequence[Task], cfg: EvalConfig,
         per_task: dict[str, list[Grade]] = {t.task_id: [] for t in tasks}
         for a in current:
             per_task[a.task_id].append(hidden[a.attempt_id])
-        results = [EvalResult(tid, adapter, len(gs), sum(g.passed for g in gs), r,
-                              tuple(g.status for g in gs), model_id, adapter_id)
+        # a sample the executor broke on (twice) has no verdict: it is not in n
+        results = [EvalResult(tid, adapter, sum(not g.faulted for g in gs),
+                              sum(g.passed for g in gs), r, tuple(g.status for g in gs),
+                              model_id, adapter_id, sum(g.faulted for g in gs))
                    for tid, gs in per_task.items()]
         run.export(f"{tag}-results", results)
         per_round.append(summarise(results, cfg.k))

@@ -82,7 +82,7 @@ def run_online(cfg, run, pool, sandbox, pool_tasks: Sequence[Task], attempts: di
         with timed(f"o{r}-2-grade"):
             grs = stages.grade_stage(run, f"grades-o{r}", sandbox, [
                 (a.attempt_id, by_id[a.task_id], a.code) for a in atts.values()])
-        failed = [a for a in atts.values() if not grs[a.attempt_id].passed]
+        failed = [a for a in atts.values() if grs[a.attempt_id].failed]
         if close_pool:
             pool.close()   # the cores go to the teacher, then the trainer
         refs: dict = {}

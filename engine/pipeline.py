@@ -71,7 +71,7 @@ class Attempts:
 
     @property
     def failed(self) -> list[Attempt]:
-        return [a for a in self.attempts.values() if not self.grades[a.attempt_id].passed]
+        return [a for a in self.attempts.values() if self.grades[a.attempt_id].failed]
 
 
 @dataclass

@@ -95,6 +95,7 @@ class EvalResult:
     statuses: tuple[Status, ...] = ()
     model_id: str = ""              # content hash of the evaluated model
     adapter_id: str | None = None   # content hash of the evaluated adapter (None: base model)
+    faulted: int = 0                # samples the executor broke on twice: not in n, no verdict
 
 
 # --------------------------------------------------------------------------------- serialisation

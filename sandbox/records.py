@@ -67,3 +67,13 @@ class Grade:
     @property
     def passed(self) -> bool:
         return self.status is Status.PASSED
+
+    @property
+    def faulted(self) -> bool:
+        """The executor broke on it, on its re-run too: no verdict on the program at all."""
+        return self.status is Status.SANDBOX_FAULT
+
+    @property
+    def failed(self) -> bool:
+        """A verdict against the program (a final SANDBOX_FAULT is neither pass nor fail)."""
+        return not self.passed and not self.faulted

@@ -73,7 +73,7 @@ def build_datasets(tasks: dict[str, Task], attempts: dict[str, Attempt], grades:
                         "content": prompts.refine_message(task, att.code or att.completion, feedback)},)
         refine_ex.append(Example(f"{r.refinement_id}:refine", task.task_id, "persd-refine",
                                  refine_user, _answer(r.code)))
-    failed_tasks = {a.task_id for a in attempts.values() if not grades[a.attempt_id].passed}
+    failed_tasks = {a.task_id for a in attempts.values() if grades[a.attempt_id].failed}
     for tid in sorted(failed_tasks):
         task = tasks[tid]
         if task.reference:
@@ -91,7 +91,7 @@ def personalisation(datasets: dict[str, list[Example]], attempts: dict[str, Atte
     attempt; for task-level examples (StanD, InpD) the task's first failed attempt."""
     first_failed: dict[str, Attempt] = {}
     for a in attempts.values():
-        if not grades[a.attempt_id].passed:
+        if grades[a.attempt_id].failed:
             first_failed.setdefault(a.task_id, a)
     stand = {e.task_id: _code(e) for e in datasets["stand"]}
     rows = []

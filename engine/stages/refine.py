@@ -94,7 +94,7 @@ def next_round_jobs(jobs: Sequence[TeacherJob], refinements: dict[str, Refinemen
             continue
         for rid, chain in zip(job.ids, job.chains):
             ref, grade = refinements.get(rid), verified.get(rid)
-            if ref is None or ref.code is None or grade is None or grade.passed:
+            if ref is None or ref.code is None or grade is None or not grade.failed:
                 continue  # failed request (asked again on resume), no code, or already fine
             template = (prompts.resolve_template(retry_template, job.task) if retry_template
                         else job.template if job.template.startswith("reference")

@@ -95,6 +95,20 @@ def check_to_tests(test_src: str, entry_point: str) -> tuple[str, tuple[TestCase
 
 # ---------------------------------------------------------------------------------- record parsing
 
+def _prompt_helpers(prompt: str, entry_point: str, test_src: str) -> str:
+    """The prompt's helper functions that the tests call (HumanEval/32 `poly`, 38
+    `encode_cyclic`, 50 `encode_shift`), with the prompt's imports, as setup code: the tests then
+    use the task's own helper, run on the trusted side, never one the program redefined."""
+    used = {n.id for n in ast.walk(ast.parse(test_src)) if isinstance(n, ast.Name)}
+    tree = ast.parse(prompt)
+    helpers = [n for n in tree.body if isinstance(n, ast.FunctionDef)
+               and n.name != entry_point and n.name in used]
+    if not helpers:
+        return ""
+    imports = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    return "\n".join(ast.unparse(n) for n in imports + helpers) + "\n"
+
+
 def _from_humaneval(d: dict, where: str) -> Task:
     # Scoring always uses the original `test`: the PersDistill `test_all` rewrite is not valid
     # Python for some tasks. Seen tests: the docstring's examples, which the prompt shows (not
@@ -106,7 +120,8 @@ def _from_humaneval(d: dict, where: str) -> Task:
 
     seen = docstring_examples(d["prompt"], ep)
     return Task(task_id=str(d["task_id"]), prompt=d["prompt"], entry_point=ep, tests=tests,
-                seen_tests=seen, setup=setup, instruction="",
+                seen_tests=seen, setup=_prompt_helpers(d["prompt"], ep, d["test"]) + setup,
+                instruction="",
                 reference=d["prompt"] + d["canonical_solution"], source=where,
                 tags=("humaneval",))
 
@@ -135,8 +150,26 @@ def _plain_test(t: object, where: str) -> TestCase:
     if isinstance(t, str):
         return assert_to_test(t)
     if isinstance(t, dict) and set(t) == {"call", "expected"}:
-        return TestCase(f"assert {t['call']} == {t['expected']}", t["call"], t["expected"])
+        return TestCase(_assert_source(t["call"], t["expected"]), t["call"], t["expected"])
     raise ValueError(f"a test must be an assert string or {{call, expected}}, got {t!r}")
+
+
+def _assert_source(call: str, expected: str) -> str:
+    """`assert CALL == EXPECTED`, parenthesised where the plain join would parse as something
+    else (a CALL holding a comparison would chain: `a < b == c`)."""
+    plain = f"assert {call} == {expected}"
+    try:
+        left, right = (ast.unparse(ast.parse(x, mode="eval").body) for x in (call, expected))
+    except SyntaxError:
+        return plain   # the judge reports the syntax error from call/expected themselves
+    try:
+        test = ast.parse(plain).body[0].test
+    except SyntaxError:
+        test = None
+    if isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq) \
+            and ast.unparse(test.left) == left and ast.unparse(test.comparators[0]) == right:
+        return plain
+    return f"assert ({call}) == ({expected})"
 
 
 def _squeezed(text: str) -> str:

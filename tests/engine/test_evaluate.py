@@ -32,6 +32,34 @@ def test_a_task_without_samples_scores_zero_and_too_few_samples_is_an_error():
         summarise([EvalResult("c", None, 1, 1)], (2,))
 
 
+def test_samples_the_executor_broke_on_are_no_verdict():
+    """A final SANDBOX_FAULT is neither pass nor fail: not in n, and a task with nothing else
+    is left out of the mean; nor is such an attempt a failure the teacher is asked about."""
+    from engine.evaluate import summarise
+    from engine.records import EvalResult, Grade, Status
+
+    results = [EvalResult("a", None, 1, 1, faulted=1),   # 1 of 2 judged: it passed
+               EvalResult("b", None, 0, 0, faulted=2),   # no verdict at all: left out
+               EvalResult("c", None, 2, 0)]
+    assert summarise(results, (1,)) == {"pass@1": 0.5}
+    assert summarise(results, (2,)) == {"pass@2": 0.5}   # a: pass@1 of its one judged sample
+    fault = Grade("p", Status.SANDBOX_FAULT, (False,), "Sandbox harness did not start", 0.1)
+    wrong = Grade("q", Status.FAILED, (False,), "Input: ...", 0.1)
+    assert (fault.passed, fault.failed, fault.faulted) == (False, False, True)
+    assert (wrong.passed, wrong.failed, wrong.faulted) == (False, True, False)
+
+
+def test_a_faulted_attempt_is_not_sent_to_the_teacher():
+    from engine.pipeline import Attempts
+    from engine.records import Attempt, Grade, Status
+
+    atts = {i: Attempt(i, "t", "", "") for i in ("a", "b", "c")}
+    grades = {"a": Grade("a", Status.PASSED, (True,), "", 0.1),
+              "b": Grade("b", Status.SANDBOX_FAULT, (False,), "", 0.1),
+              "c": Grade("c", Status.TIMEOUT, (False,), "", 0.1)}
+    assert [a.attempt_id for a in Attempts(atts, grades).failed] == ["c"]
+
+
 def test_paired_bootstrap_tells_a_change_from_noise():
     from engine.evaluate import paired_bootstrap
 

@@ -1,6 +1,8 @@
 """Task loaders: every supported format, and errors that name the file and line."""
 from __future__ import annotations
 
+import ast
+
 import orjson
 import pytest
 
@@ -179,3 +181,37 @@ def test_hf_datasets_and_parquet_load_with_a_column_mapping(tmp_path):
     mbpp.to_parquet(str(tmp_path / "m.parquet"))
     [t] = load_tasks(f"hf:{tmp_path / 'm.parquet'}")
     assert t.entry_point == "inc" and t.reference.startswith("def inc")
+
+
+def test_prompt_helpers_the_tests_call_are_the_tasks_own(sandbox_pool):
+    """HumanEval/38 and 50 test `decode(encode(s)) == s` with the prompt's `encode_*`: a program
+    that redefines the helper as the identity (and decodes by identity) must not pass."""
+    from engine.prompts import program_code
+    from engine.records import Program
+
+    tasks = {t.task_id: t for t in load_tasks("humaneval", verify_seen=False)}
+    progs = []
+    for tid, enc, dec in (("HumanEval/38", "encode_cyclic", "decode_cyclic"),
+                          ("HumanEval/50", "encode_shift", "decode_shift")):
+        t = tasks[tid]
+        forged = f"def {enc}(s):\n    return s\n\ndef {dec}(s):\n    return s\n"
+        progs += [Program(f"{tid}/forged", program_code(t, forged), t.tests, t.setup),
+                  Program(f"{tid}/honest", t.reference, t.tests, t.setup)]
+    grades = {g.program_id: g for g in sandbox_pool.grade(progs)}
+    for tid in ("HumanEval/38", "HumanEval/50"):
+        assert grades[f"{tid}/honest"].passed, grades[f"{tid}/honest"]
+        assert not grades[f"{tid}/forged"].passed, grades[f"{tid}/forged"]
+
+
+def test_a_call_expected_pair_reads_the_same_as_an_assert():
+    """The assert written for a {call, expected} pair is parenthesised only where the plain
+    join would parse differently (a comparison in the call would chain)."""
+    from engine.tasks.loaders import _plain_test
+
+    assert _plain_test({"call": "f(1)", "expected": "[2]"}, "w").source == "assert f(1) == [2]"
+    for call, expected in (("f(1) < 3", "True"), ("x", "lambda: 1"), ("a, b", "c")):
+        source = _plain_test({"call": call, "expected": expected}, "w").source
+        assert assert_to_test(source).call is not None   # splits back into the same pair
+        assert (assert_to_test(source).call, assert_to_test(source).expected) == (
+            ast.unparse(ast.parse(call, mode="eval").body),
+            ast.unparse(ast.parse(expected, mode="eval").body))
