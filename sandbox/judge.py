@@ -254,17 +254,27 @@ class Judge:
             message = self._message()
         return message
 
+    def _incoming(self) -> tuple[dict, str | None] | None:
+        """The child's next message and its kind, after the checks every message gets: a
+        corrupt channel raises, and the first message must be "start" (taken here: None)."""
+        message = self.channel.next()
+        kind = message.get("k") if isinstance(message, dict) else None
+        if kind == "corrupt":
+            raise Corrupt(message["why"])
+        if not self.started:
+            if kind != "start":
+                raise Corrupt("a run must begin with one start message")
+            self.started = True
+            return None
+        return message, kind
+
     def _message(self) -> dict:
         while True:
-            message = self.channel.next()
-            kind = message.get("k") if isinstance(message, dict) else None
-            if kind == "corrupt":
-                raise Corrupt(message["why"])
-            if not self.started:
-                if kind != "start":
-                    raise Corrupt("a run must begin with one start message")
-                self.started = True
-            elif not self.ready:
+            got = self._incoming()
+            if got is None:
+                continue
+            message, kind = got
+            if not self.ready:
                 if kind == "stop":
                     self._stopped(message, "program")
                 if kind != "ready":
@@ -288,15 +298,11 @@ class Judge:
         self.channel.close_input()
         unanswered = len(self.ahead) - len(self.early) + self.skip
         while not self.done:
-            message = self.channel.next()
-            kind = message.get("k") if isinstance(message, dict) else None
-            if kind == "corrupt":
-                raise Corrupt(message["why"])
-            if not self.started:
-                if kind != "start":
-                    raise Corrupt("a run must begin with one start message")
-                self.started = True
-            elif not self.ready and self.stop is None:
+            got = self._incoming()
+            if got is None:
+                continue
+            message, kind = got
+            if not self.ready and self.stop is None:
                 if kind == "stop":
                     self._record_stop(message, "program")
                 elif kind == "ready":

@@ -162,14 +162,8 @@ def names_in(node: ast.AST) -> tuple[set[str], set[str]]:
     for n in ast.walk(node):
         if isinstance(n, ast.Name):
             (loads if isinstance(n.ctx, ast.Load) else stores).add(n.id)
-        elif isinstance(n, ast.arg):
-            stores.add(n.arg)
-        elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            stores.add(n.name)
-        elif isinstance(n, (ast.Import, ast.ImportFrom)):
-            stores.update((a.asname or a.name).split(".")[0] for a in n.names)
-        elif isinstance(n, ast.ExceptHandler) and n.name:
-            stores.add(n.name)
+        else:
+            _bound(n, stores)
     return loads, stores
 
 
