@@ -56,7 +56,9 @@ PLAIN = ('{"task_id": "a", "signature": "def f(x):", "instruction": "Double x.",
     (PLAIN.replace('["assert f(1) == 2"]', "[]"), ":1: task 'a' has no tests"),
     (PLAIN + "\n" + PLAIN, ":2: duplicate task_id 'a'"),
     ('{"foo": 1}', ":1: unrecognised task record"),
-    (PLAIN.replace('"entry_point": "f", ', ""), ":1: unrecognised task record"),
+    # no entry point and no reference to take it from (with a reference, see test_synthesize)
+    (PLAIN.replace('"entry_point": "f", ', "").replace(', "reference": "def f(x): return 2*x"', ""),
+     ":1: unrecognised task record"),
     (PLAIN.replace("assert f(1) == 2", "assert f(1 =="), ":1: test is not valid Python"),
     (PLAIN.replace('"signature": "def f(x):"', '"prompt": "def f(x):\\n    pass\\n"')
      .replace('"tests"', '"seen_tests": ["assert f(1) == 2"], "tests"'),
