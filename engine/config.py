@@ -52,6 +52,8 @@ class StudentConfig:
     max_num_seqs: int = _f(256, "sequences vLLM decodes at once (n samples count each)")
     num_actors: int = _f(1, "vLLM engines (Ray actors) to shard requests across")
     num_gpus: float = _f(0.0, "GPUs per actor (0 on CPU machines)")
+    resources: str = _f("", "custom Ray resources each actor asks for, as NAME=AMOUNT pairs (e.g. "
+                        "student=1): the actors go to the nodes that offer them (engine/cluster.py)")
     tensor_parallel_size: int = _f(1, "GPUs one engine shards the model across (cluster runs)")
     enforce_eager: bool = _f(True, "skip vLLM's compilation: on this CPU compiling cost 90 s "
                              "more start-up and decoded no faster (281 vs 293 tokens/s, 0.5B)")
@@ -66,6 +68,9 @@ class StudentConfig:
 
     def __post_init__(self) -> None:
         check_choices(self, "student")
+        from engine.cluster import parse_resources
+
+        parse_resources(self.resources, "student.resources")
 
 
 @dataclass(frozen=True)
@@ -227,6 +232,27 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Where each pool runs on a Ray cluster (engine/cluster.py). Every node must see the run
+    directory and the model directories at the same paths: a shared filesystem."""
+
+    sandbox_resources: str = _f("", "non-empty: the sandbox pool runs as a Ray actor asking for "
+                                "these resources (e.g. sandbox=1), its workers on that node; "
+                                "empty: in the driver")
+    sandbox_cpus: float = _f(1.0, "CPUs the sandbox actor reserves")
+    trainer_resources: str = _f("", "non-empty: the trainer runs as a Ray task asking for these "
+                                "resources (e.g. trainer=1); empty: a subprocess of the driver")
+    trainer_cpus: float = _f(1.0, "CPUs the trainer task reserves")
+    trainer_gpus: float = _f(0.0, "GPUs the trainer task reserves")
+
+    def __post_init__(self) -> None:
+        from engine.cluster import parse_resources
+
+        for name in ("sandbox_resources", "trainer_resources"):
+            parse_resources(getattr(self, name), f"cluster.{name}")
+
+
+@dataclass(frozen=True)
 class SynthConfig:
     """Unit tests for tasks that have none (engine/tasks/synthesize.py): the teacher proposes
     inputs, the reference run in the sandbox gives the expected outputs, and a test set is kept
@@ -300,6 +326,7 @@ class RunConfig:
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def __post_init__(self) -> None:
         check_choices(self)

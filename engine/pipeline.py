@@ -92,12 +92,13 @@ class Pipeline:
     pool, the stage clock and the summary."""
 
     def __init__(self, cfg: RunConfig, run: RunStore, student_pool=None):
-        from sandbox.pool import SandboxPool
+        from engine.cluster import sandbox_service
 
         self.cfg, self.run = cfg, run
         self.timings: dict[str, float] = {}
         self.summary = RunSummary(run_dir=str(run.path), dataset=cfg.dataset)
-        self.sandbox = SandboxPool(cfg.sandbox)
+        # in the driver, or a Ray actor on a node offering cluster.sandbox_resources
+        self.sandbox = sandbox_service(cfg.sandbox, cfg.cluster)
         self.pool = student_pool
         self.own_pool = student_pool is None
         runlog.set_event_log(run.path / "events.jsonl")   # stage and progress events, JSONL
@@ -128,6 +129,7 @@ class Pipeline:
             # programs the executor broke on were re-run once and are counted apart, never as
             # student failures; tests judged inside the program (class protocols) are counted
             self.summary.sandbox = asdict(self.sandbox.stats)
+            self.summary.placement = self.placement()
             self.sandbox.close()
             if self.own_pool and self.pool is not None:
                 self.pool.close()
@@ -276,6 +278,16 @@ class Pipeline:
         self.summary.pass_after = last.pass_after
 
     # ------------------------------------------------------------------------------------ report
+    def placement(self) -> dict:
+        """The Ray node of each pool ("" where Ray was not started): proof of where they ran."""
+        from engine.cluster import node_id
+
+        driver = node_id()
+        trained = self.run.path / "train" / "trained-on.txt"
+        return {"driver": driver, "student": list(getattr(self.pool, "nodes", None) or []),
+                "sandbox": getattr(self.sandbox, "node", driver),
+                "trainer": trained.read_text().strip() if trained.exists() else None}
+
     def report_data(self, inputs: Inputs, tried: Attempts, work: TeacherWork,
                     verified: dict[str, Grade], datasets: dict[str, list[Example]],
                     before) -> None:

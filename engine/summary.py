@@ -115,6 +115,8 @@ class RunSummary:
     pass_after_per_round: list[dict[str, float]] | None = None
     online: list[OnlineRound] | None = None
     sandbox: dict | None = None                    # sandbox.pool.PoolStats
+    placement: dict | None = None                  # Ray node of the driver, student actors,
+                                                   # sandbox and trainer (engine/cluster.py)
     eval: EvalInfo | None = None
     seconds_per_stage: dict[str, float] = field(default_factory=dict)
     jobs: dict[str, dict] = field(default_factory=dict)   # per stage: reused / computed

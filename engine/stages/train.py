@@ -48,15 +48,37 @@ def train_adapter(cfg: RunConfig, data: Path, model: str, model_id: str, out: Pa
     (out / "train.toml").write_text(dump_toml(cfg.train))
     args = [sys.executable, "-m", "train.lora", "--data", str(data), "--model", model,
             "--out", str(out), "--config", str(out / "train.toml")]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.Popen(args, env=env)
-    log, stepped = out / "train-log.jsonl", False
-    while proc.poll() is None:
-        time.sleep(0.2)
+    returncode, node = _run_trainer(args, out / "train-log.jsonl", cfg.cluster)
+    (out / "trained-on.txt").write_text(node + "\n")   # the Ray node ("" outside Ray)
+    if returncode != 0:
+        raise TrainerFailed(f"trainer failed with exit code {returncode} (command: "
+                           f"{' '.join(args)})")
+    return out / "adapter"
+
+
+def _run_trainer(args: list[str], log: Path, cluster) -> tuple[int, str]:
+    """The trainer as the driver's subprocess, or as a Ray task on a node offering
+    `cluster.trainer_resources` (engine/cluster.py); (exit code, node id)."""
+    from engine.cluster import node_id, remote_process
+
+    env = {"TOKENIZERS_PARALLELISM": "false"}
+    remote = bool(cluster.trainer_resources)
+    if remote:
+        import ray
+
+        ref = remote_process(args, env, cluster)
+    else:
+        proc = subprocess.Popen(args, env={**os.environ, **env})
+    stepped = False
+    while True:
+        if remote:
+            if ray.wait([ref], timeout=0.2)[0]:
+                return ray.get(ref)
+        elif proc.poll() is not None:
+            break
+        else:
+            time.sleep(0.2)
         if not stepped and log.exists() and log.stat().st_size > 0:
             stepped = True
             faults.point("train-step")
-    if proc.returncode != 0:
-        raise TrainerFailed(f"trainer failed with exit code {proc.returncode} (command: "
-                           f"{' '.join(args)})")
-    return out / "adapter"
+    return proc.returncode, node_id()

@@ -148,6 +148,12 @@ class StudentEngine:
     def ready(self) -> bool:
         return True
 
+    def node(self) -> str:
+        """The Ray node this engine runs on."""
+        from engine.cluster import node_id
+
+        return node_id()
+
 
 def init_ray(num_cpus: int | None = None) -> None:
     """Join the cluster a Ray job runs in (RAY_ADDRESS), else start a small local one."""
@@ -174,11 +180,16 @@ class StudentPool:
         actor_cls = ray.remote(StudentEngine)
         # With tensor parallelism vLLM starts its own workers for the extra GPUs; the actor
         # reserves them all so two engines never land on the same devices.
+        from engine.cluster import check_offered, parse_resources
+
         gpus = cfg.num_gpus * cfg.tensor_parallel_size
-        self.actors = [actor_cls.options(num_cpus=1, num_gpus=gpus,
+        resources = parse_resources(cfg.resources, "student.resources")
+        check_offered(resources, "student.resources")
+        self.actors = [actor_cls.options(num_cpus=1, num_gpus=gpus, resources=resources,
                                          runtime_env={"env_vars": _actor_env(cfg)}).remote(model, cfg)
                        for _ in range(cfg.num_actors)]
-        ray.get([a.ready.remote() for a in self.actors])  # surface load errors here, not later
+        # the node each actor landed on; load errors surface here, not later
+        self.nodes = ray.get([a.node.remote() for a in self.actors])
 
     def generate(self, requests: list[GenRequest]) -> list[GenOutput]:
         import ray
@@ -210,12 +221,14 @@ class LazyPool:
     def __init__(self, model: str, cfg: StudentConfig):
         self.model, self.cfg = model, cfg
         self.pool: StudentPool | None = None
+        self.nodes: list[str] = []   # where the last started pool's actors ran
 
     def generate(self, requests: list[GenRequest]) -> list[GenOutput]:
         if not requests:
             return []
         if self.pool is None:
             self.pool = StudentPool(self.model, self.cfg)
+            self.nodes = list(self.pool.nodes)
         return self.pool.generate(requests)
 
     def close(self) -> None:

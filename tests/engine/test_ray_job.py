@@ -1,7 +1,9 @@
-"""A cluster job through Ray job submission: a head on loopback ports, `ray job submit` of an
-evaluation whose student actor runs on the cluster."""
+"""A cluster job through Ray job submission: a head on loopback ports, `ray job submit` of a
+small distillation whose student actor runs on the cluster."""
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -12,9 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from engine.config import DataConfig, EvalConfig, RunConfig, TeacherConfig
 from engine.records import EvalResult
 from engine.store import RunStore
+from engine.tasks import load_file
 from engine.teacher.server import free_port
+from tests.killing import cli_flags
+from tests.tiny import SCRIPTED_TEACHER, ScriptedTeacher
+from train.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,22 +48,34 @@ def ray_head():
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def test_ray_job_submit_runs_an_evaluation(ray_head, tiny_model, tmp_path):
+def test_ray_job_submit_runs_a_distillation(ray_head, tiny_model, student_cfg, tmp_path):
+    """`ray job submit` of `python -m engine.distill`: the student actor runs on the cluster, the
+    teacher is an HTTP endpoint, and the job runs every stage to a trained, evaluated adapter."""
     ray, address, env = ray_head
     tasks = tmp_path / "tasks.jsonl"
-    tasks.write_bytes(b"\n".join((ROOT / "engine/tasks/data/tasks.jsonl").read_bytes().splitlines()[:2]))
-    out = tmp_path / "eval"
-    cmd = [ray, "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
-           sys.executable, "-m", "engine.evaluate", "--model", str(tiny_model), "--tasks", str(tasks),
-           "--eval.max_tokens", "16", "--out", str(out)]
-    for attempt in range(3):  # the job agent can take a few seconds to accept jobs
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
-        if "No available agent" not in done.stdout + done.stderr:
-            break
-        time.sleep(5)
+    tasks.write_bytes(b"\n".join((ROOT / "engine/tasks/data/tasks.jsonl").read_bytes().splitlines()[:3]))
+    with ScriptedTeacher(load_file(tasks)) as teacher:
+        cfg = RunConfig(
+            run_dir=str(tmp_path / "run"),
+            student=dataclasses.replace(student_cfg, model=str(tiny_model)),
+            teacher=TeacherConfig(base_url=teacher.url, model="scripted", concurrency=4,
+                                  stand=False, **SCRIPTED_TEACHER),
+            data=DataConfig(train_tasks=str(tasks), eval_tasks=str(tasks), eval_limit=2),
+            eval=EvalConfig(n=1, k=(1,), temperature=0.0, max_tokens=16),
+            train=TrainConfig(epochs=1, lr=1e-3, batch_tokens=1024, save_every=100))
+        cmd = [ray, "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
+               sys.executable, "-m", "engine.distill", *cli_flags(cfg)]
+        for attempt in range(3):  # the job agent can take a few seconds to accept jobs
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+            if "No available agent" not in done.stdout + done.stderr:
+                break
+            time.sleep(5)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "succeeded" in done.stdout + done.stderr
-    [view] = out.glob("eval-*-results.jsonl")  # named by what was evaluated
-    results = RunStore(out, lock=False).read(view.name.removesuffix(".jsonl"), EvalResult)
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["attempts"]["tasks"] == 3 and "pass@1" in summary["pass_after"]
+    assert summary["placement"]["student"] and all(summary["placement"]["student"])  # on Ray
+    results = RunStore(run, lock=False).read("eval-after-results", EvalResult)
     assert [r.n for r in results] == [1, 1]
-    assert all(r.model_id and r.adapter_id is None for r in results)
+    assert all(r.model_id and r.adapter_id for r in results)   # sampled with the adapter
