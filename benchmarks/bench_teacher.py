@@ -40,9 +40,9 @@ class TimedTeacher(Teacher):
     latencies: list[float]
     first_send: dict[int, float]
 
-    async def _send(self, messages, n, usage):
+    async def _send(self, messages, n, usage, extra=None):
         self.first_send.setdefault(id(messages), time.monotonic())
-        return await super()._send(messages, n, usage)
+        return await super()._send(messages, n, usage, extra)
 
     async def _answer(self, messages, *args, **kwargs):
         reply = await super()._answer(messages, *args, **kwargs)
@@ -101,9 +101,19 @@ class Random429:
         return Fault(Kind.STATUS, 429, retry_after=1.0, delay_s=0.0) if hit else None
 
 
-def serve(conn, latency_s: float, p429: float, seed: int) -> None:
+def serve(conn, latency_s: float, p429: float, seed: int, kind: str = "asyncio") -> None:
     """The endpoint in its own process, as a remote one would be: it sends its URL, serves until
-    told to stop, then sends back what it saw (successes per request, faults served)."""
+    told to stop, then sends back what it saw (successes per request, faults served). `kind`:
+    asyncio (benchmarks/fast_endpoint.py: measures the client) or threads (tests/faulty_server.py,
+    a thread per connection: the server itself limits the rate at 256 in flight)."""
+    if kind == "asyncio":
+        from benchmarks.fast_endpoint import FastEndpoint
+
+        with FastEndpoint(latency_s, p429, seed) as server:
+            conn.send(server.url)
+            conn.recv()
+            conn.send((dict(server.successes), list(server.served)))
+        return
     with FaultyServer(latency_s=latency_s, plan=Random429(p429, seed)) as server:
         conn.send(server.url)
         conn.recv()
@@ -119,12 +129,15 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=0.5, help="server latency per request, s")
     ap.add_argument("--p429", type=float, default=0.05, help="share of requests answered 429")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--server", choices=("asyncio", "threads"), default="asyncio",
+                    help="the loopback endpoint: asyncio (fast enough to measure the client at "
+                    "256 in flight) or threads (tests/faulty_server.py)")
     args = ap.parse_args()
     import openai  # noqa: F401 - imported before the clocks start, for both sides
 
     parent, child = multiprocessing.Pipe()
-    proc = multiprocessing.Process(target=serve, args=(child, args.latency, args.p429, args.seed),
-                                   daemon=True)
+    proc = multiprocessing.Process(target=serve, args=(child, args.latency, args.p429, args.seed,
+                                                       args.server), daemon=True)
     proc.start()
     url = parent.recv()
     sides = [("ours (async)", args.concurrency, [ask(f"ours {i}") for i in range(args.requests)],

@@ -158,6 +158,54 @@ def retry_after_s(e: Exception) -> float | None:
             return None
 
 
+class HTTPPool:
+    """The teacher's HTTP connections: one aiohttp session (its C parser and connection pool
+    cost a fraction of httpx's per request; py-spy on benchmarks/bench_teacher.py at 256 in
+    flight: the openai SDK on httpx spent most of the event loop in request building and in
+    httpx's pool scanning every connection per request, 41% of the ideal rate). Failures are
+    raised as the openai SDK's exceptions, which the retry loop classifies: status errors carry
+    the response headers (Retry-After), timeouts and connection errors their own types."""
+
+    def __init__(self, base_url: str, key: str, timeout_s: float, connections: int) -> None:
+        self.base_url, self.key, self.timeout_s = base_url.rstrip("/"), key, timeout_s
+        self.connections = connections
+        self.session = None
+
+    async def __aenter__(self) -> "HTTPPool":
+        import aiohttp
+
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.connections, limit_per_host=0),
+            timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+            headers={"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"})
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.session.close()
+
+    async def post(self, path: str, body: bytes) -> bytes:
+        import aiohttp
+        import httpx2
+        import openai
+
+        url = f"{self.base_url}/{path}"
+        request = httpx2.Request("POST", url)
+        try:
+            async with self.session.post(url, data=body) as resp:
+                content = await resp.read()
+                status, headers = resp.status, dict(resp.headers)
+        except asyncio.TimeoutError:
+            raise openai.APITimeoutError(request=request) from None
+        except aiohttp.ClientError as e:
+            raise openai.APIConnectionError(message=f"{type(e).__name__}: {e}",
+                                            request=request) from None
+        if status >= 400:
+            response = httpx2.Response(status, headers=headers, content=content, request=request)
+            raise openai.APIStatusError(f"Error code: {status} - {content[:300]!r}",
+                                        response=response, body=None)
+        return content
+
+
 class Teacher:
     def __init__(self, cfg: TeacherConfig, base_url: str, model: str, cache_path: Path,
                  identity: str | None = None, timeout_s: float | None = None):
@@ -204,6 +252,10 @@ class Teacher:
         blob = orjson.dumps({"endpoint": self.identity, "api": self.cfg.api,
                              **self._payload(messages, n, extra)}, option=orjson.OPT_SORT_KEYS)
         return hashlib.sha256(blob).hexdigest()
+
+    def _new_pool(self) -> HTTPPool:
+        key = os.environ.get(self.cfg.api_key_env) or "EMPTY"
+        return HTTPPool(self.base_url, key, self.timeout_s, self.cfg.concurrency)
 
     async def check_reachable(self) -> None:
         """Fail fast, naming the URL, when the endpoint does not answer `/models`."""
@@ -259,16 +311,14 @@ class Teacher:
                     extra: dict | None = None) -> tuple[list[str], int, int]:
         """One HTTP request: (texts, prompt tokens, completion tokens).
 
-        Sent with the client's generic `post` and parsed with orjson, not `chat.completions
-        .create`: the SDK's per-call parameter transform and model building cost ~0.5 ms of
-        CPU a call, and at 100+ calls a second the event loop is the bottleneck. Auth, timeouts
-        and the openai exceptions (status, Retry-After headers, timeouts) are the client's."""
-        import httpx
-
+        Sent by HTTPPool (aiohttp) and parsed with orjson, not through the openai SDK: its
+        per-call request building cost more CPU than the HTTP itself, and at 200+ calls a second
+        the event loop is the bottleneck (benchmarks/bench_teacher.py). Failures arrive as the
+        SDK's exceptions, which the retry loop in `_call` classifies."""
         chat = self.cfg.api == "chat"
-        resp = await self.client.post("/chat/completions" if chat else "/completions",
-                                      cast_to=httpx.Response, body=self._payload(messages, n, extra))
-        texts, usage_block = parse_reply(resp.content, chat)
+        content = await self.client.post("chat/completions" if chat else "completions",
+                                         orjson.dumps(self._payload(messages, n, extra)))
+        texts, usage_block = parse_reply(content, chat)
         if not texts:
             raise ValueError("the reply has no choices")
         pt, ct = usage_block.get("prompt_tokens"), usage_block.get("completion_tokens")
@@ -402,7 +452,7 @@ class Teacher:
                 on_done(i, reply)
             return reply
 
-        async with self._new_client() as self.client:
+        async with self._new_pool() as self.client:
             try:
                 replies = await asyncio.gather(*(one(i, m) for i, m in enumerate(requests)))
             finally:
