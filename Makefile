@@ -42,7 +42,7 @@ test-pure: setup
 	$(BIN)/python -m pytest -q -m pure $(ARGS)
 
 bench: setup
-	$(BIN)/python benchmarks/bench_sandbox.py
+	$(BIN)/python -m benchmarks $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
