@@ -316,6 +316,17 @@ class RunConfig:
     dataset: Dataset = _f("persd-combined", "dataset to fine-tune on: persd, persd-refine, "
                       "persd-combined, stand, stand-matched (StanD cut to PersD's size) or inpd")
     skip_train: bool = _f(False, "stop after building the datasets (no fine-tune, no after-eval)")
+    execution: Literal["staged", "streaming"] = _f(
+        "staged", "staged: each stage over every task, then the next (the student is released "
+        "before the teacher starts: they fit one small machine in turn). streaming: the "
+        "training tasks go through in chunks of stream_chunk, each chunk's failures to the "
+        "teacher as soon as they are graded, while the student samples the next chunk and "
+        "then the held-out evaluation; for a remote teacher, or a machine that holds the "
+        "student and the teacher server at once")
+    stream_chunk: int = _f(16, "streaming: training tasks per chunk")
+    stream_teacher_chunks: int = _f(8, "streaming: chunks the teacher works on at once (their "
+                                    "requests share teacher.concurrency); more chunks wait, so "
+                                    "the student is held back when the teacher falls behind")
     online_rounds: int = _f(0, "online PersD: after the fine-tune, rounds in which the student "
                             "with its adapter attempts its still-failing tasks and the next "
                             "data.train_limit tasks of the pool, the teacher refines the new "
@@ -330,6 +341,8 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_choices(self)
+        if self.stream_chunk < 1 or self.stream_teacher_chunks < 1:
+            raise ConfigError("stream_chunk and stream_teacher_chunks: must be >= 1")
         if self.online_rounds < 0:
             raise ConfigError(f"online_rounds: must be >= 0, got {self.online_rounds}")
         if self.online_rounds and not self.dataset.startswith("persd"):

@@ -112,10 +112,13 @@ class Pipeline:
         before = None
         try:
             inputs = self.load()
-            tried = self.attempt(inputs)
-            before = self.evaluate(inputs, "eval-before")
-            self.release_student()
-            work = self.refine(inputs, tried)
+            if cfg.execution == "streaming":
+                tried, before, work = self.stream(inputs)
+            else:
+                tried = self.attempt(inputs)
+                before = self.evaluate(inputs, "eval-before")
+                self.release_student()
+                work = self.refine(inputs, tried)
             verified = self.verify(inputs, work)
             datasets = self.build(inputs, tried, work, verified)
             self.report_data(inputs, tried, work, verified, datasets, before)
@@ -214,6 +217,18 @@ class Pipeline:
         run.export("refinements", work.refinements)
         run.export("stand-answers", work.stand)
         return work
+
+    def stream(self, inputs: Inputs) -> tuple[Attempts, object, TeacherWork]:
+        """1-4 streamed (engine/streaming.py): the same stage units chunk by chunk, the
+        teacher's chunks concurrent with the student's next chunks and its evaluation."""
+        from engine.streaming import stream
+
+        tried, before, work = stream(self, inputs)
+        self.summary.attempts = AttemptCounts(tasks=len(inputs.train_tasks),
+                                              samples=len(tried.attempts),
+                                              passed=len(tried.attempts) - len(tried.failed),
+                                              failed=len(tried.failed))
+        return tried, before, work
 
     def verify(self, inputs: Inputs, work: TeacherWork) -> dict[str, Grade]:
         """4: every refinement and StanD answer against its task's tests."""

@@ -27,6 +27,7 @@ import fcntl
 import hashlib
 import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence, TypeVar
@@ -86,6 +87,9 @@ class RunStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")   # durable at commit, not just consistent
         self.db.executescript(SCHEMA)
+        # one connection shared by the threads of a streaming run: one statement or
+        # transaction at a time
+        self._db_lock = threading.RLock()
         self.stats: dict[str, dict[str, int]] = {}  # stage -> jobs reused / computed, this process
 
     def close(self) -> None:
@@ -103,25 +107,32 @@ class RunStore:
     # ------------------------------------------------------------------------------ metadata
 
     def get_meta(self, key: str) -> Any:
-        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        with self._db_lock:
+            row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return orjson.loads(row[0]) if row else None
 
     def set_meta(self, key: str, value: Any) -> None:
-        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, orjson.dumps(value)))
+        with self._db_lock:
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                            (key, orjson.dumps(value)))
 
     def log_invocation(self, info: dict) -> None:
-        self.db.execute("INSERT INTO invocations VALUES (?, ?)", (time.time(), orjson.dumps(info)))
+        with self._db_lock:
+            self.db.execute("INSERT INTO invocations VALUES (?, ?)",
+                            (time.time(), orjson.dumps(info)))
 
     def invocations(self) -> list[dict]:
-        return [orjson.loads(r[0]) for r in
-                self.db.execute("SELECT info FROM invocations ORDER BY t")]
+        with self._db_lock:
+            rows = self.db.execute("SELECT info FROM invocations ORDER BY t").fetchall()
+        return [orjson.loads(r[0]) for r in rows]
 
     # ---------------------------------------------------------------------------------- jobs
 
     def lookup(self, stage: str, job: str, fp: str) -> list[dict] | None:
         """The job's committed records (decoded JSON), or None if it has none under fp."""
-        row = self.db.execute("SELECT data FROM jobs WHERE stage=? AND job=? AND fp=?",
-                              (stage, job, fp)).fetchone()
+        with self._db_lock:
+            row = self.db.execute("SELECT data FROM jobs WHERE stage=? AND job=? AND fp=?",
+                                  (stage, job, fp)).fetchone()
         return None if row is None else orjson.loads(row[0])
 
     def commit(self, stage: str, jobs: Sequence[tuple[str, str, Sequence[object]]]) -> None:
@@ -129,6 +140,12 @@ class RunStore:
         if not jobs:
             return
         now = time.time()
+        with self._db_lock:
+            self._commit(stage, jobs, now)
+        faults.point(f"after-commit:{stage}")
+
+    def _commit(self, stage: str, jobs: Sequence[tuple[str, str, Sequence[object]]],
+                now: float) -> None:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             for i, (job, fp, recs) in enumerate(jobs):
@@ -141,10 +158,11 @@ class RunStore:
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
-        faults.point(f"after-commit:{stage}")
 
     def count(self, stage: str) -> int:
-        return self.db.execute("SELECT count(*) FROM jobs WHERE stage=?", (stage,)).fetchone()[0]
+        with self._db_lock:
+            return self.db.execute("SELECT count(*) FROM jobs WHERE stage=?",
+                                   (stage,)).fetchone()[0]
 
     def stage(self, name: str, cls: type[R], items: Sequence[T], *, key: Callable[[T], str],
               fp: Callable[[T], str], rkey: Callable[[R], str],

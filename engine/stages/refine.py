@@ -3,7 +3,6 @@ error, in rounds (a refinement that fails goes back with its own error), and eve
 graded against the same tests."""
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sys
 from collections import Counter
@@ -123,8 +122,8 @@ def ask_teacher(teacher: Teacher, jobs: Sequence[TeacherJob], *, stage: str = "r
     msgs = [j.messages() for j in jobs]
     progress = Progress(stage, len(jobs), unit="calls")
     try:
-        replies = asyncio.run(teacher.complete_many(msgs, lambda i, r: progress.update(), n=n,
-                                                    stage=stage, extras=[j.extra for j in jobs]))
+        replies = teacher.complete(msgs, lambda i, r: progress.update(), n=n, stage=stage,
+                                   extras=[j.extra for j in jobs])
     finally:
         progress.finish()
     out, failed = [], Counter()

@@ -22,6 +22,7 @@ A request either comes back answered or failed with a `Failure` reason; none is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import email.utils
 import enum
@@ -223,7 +224,8 @@ class Teacher:
         self._rpm, self._tpm = TokenBucket(cfg.rpm), TokenBucket(cfg.tpm)
         self._reserved_usd = 0.0  # estimated cost of the calls in flight (for the budget)
         self._slots = Slots(cfg.concurrency)  # remade per complete_many (futures bind a loop)
-        self.client = None        # bound to one event loop: made per complete_many / check
+        self.client = None        # bound to one event loop: made per session / check
+        self._shared_loop: asyncio.AbstractEventLoop | None = None   # while shared()
         self._reset_circuit()
 
     def _new_client(self):
@@ -422,10 +424,66 @@ class Teacher:
         finishes. Each reply is an answer or a failure with its reason, counted in
         `usage[stage]`. If the circuit trips, the calls in flight finish, the rest fail, and then
         TeacherUnreachable is raised: every answer received is in the cache by then."""
-        usage = self.usage.setdefault(stage, Usage())
+        async with self._session():
+            return await self._batch(requests, on_done, n, stage, extras)
+
+    def complete(self, requests: list[list[dict[str, str]]],
+                 on_done: Callable[[int, TeacherReply], None] | None = None, *, n: int = 1,
+                 stage: str = "teacher", extras: list[dict | None] | None = None
+                 ) -> list[TeacherReply]:
+        """`complete_many` for synchronous callers. While the teacher is shared (`shared()`,
+        the streaming executor) the batch joins the one session every thread's batches share
+        (one concurrency limit, one circuit, one connection pool); else it runs on its own."""
+        if self._shared_loop is None:
+            return asyncio.run(self.complete_many(requests, on_done, n=n, stage=stage,
+                                                  extras=extras))
+        return asyncio.run_coroutine_threadsafe(
+            self._batch(requests, on_done, n, stage, extras), self._shared_loop).result()
+
+    @contextlib.contextmanager
+    def shared(self):
+        """Serve `complete` calls from many threads through one session on its own event loop
+        thread, for the life of the block."""
+        import threading
+
+        ready, loop = threading.Event(), asyncio.new_event_loop()
+        stop: list[asyncio.Event] = []
+
+        async def serve() -> None:
+            async with self._session():
+                stop.append(asyncio.Event())
+                ready.set()
+                await stop[0].wait()
+
+        thread = threading.Thread(target=loop.run_until_complete, args=(serve(),),
+                                  name="teacher-session", daemon=True)
+        thread.start()
+        ready.wait()
+        self._shared_loop = loop
+        try:
+            yield self
+        finally:
+            self._shared_loop = None
+            loop.call_soon_threadsafe(stop[0].set)
+            thread.join()
+            loop.close()
+
+    @contextlib.asynccontextmanager
+    async def _session(self):
+        """Concurrency slots, circuit and connections for the batches asked within it."""
         self._slots = Slots(self.cfg.concurrency)
         self._reset_circuit()
         self._down_event = asyncio.Event()
+        async with self._new_pool() as self.client:
+            try:
+                yield
+            finally:
+                self.client = None
+
+    async def _batch(self, requests: list[list[dict[str, str]]],
+                     on_done: Callable[[int, TeacherReply], None] | None, n: int, stage: str,
+                     extras: list[dict | None] | None) -> list[TeacherReply]:
+        usage = self.usage.setdefault(stage, Usage())
         self.cache.refresh()  # what other processes sharing the cache answered meanwhile
         asking: dict[str, asyncio.Future] = {}  # key -> its one answer in this batch
 
@@ -452,11 +510,7 @@ class Teacher:
                 on_done(i, reply)
             return reply
 
-        async with self._new_pool() as self.client:
-            try:
-                replies = await asyncio.gather(*(one(i, m) for i, m in enumerate(requests)))
-            finally:
-                self.client = None
+        replies = await asyncio.gather(*(one(i, m) for i, m in enumerate(requests)))
         if self._down:
             answered = sum(bool(r.texts) for r in replies)
             raise TeacherUnreachable(
