@@ -60,6 +60,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--cross_check", action="store_true")
     ap.add_argument("--mutants", type=int, default=20)
+    ap.add_argument("--kv_cache_gb", type=int, default=4,
+                    help="KV cache of the local teacher server (GiB)")
     args = ap.parse_args()
 
     from engine.prompts import program_code
@@ -75,7 +77,8 @@ def main() -> None:
     cfg = SynthesizeConfig(tasks=args.tasks, strip_tests=True, out=str(out / "synth"),
                            synth=SynthConfig(cross_check=args.cross_check, mutants=args.mutants),
                            teacher=TeacherConfig(base_url=args.base_url, model=args.model,
-                                                 concurrency=args.concurrency))
+                                                 concurrency=args.concurrency,
+                                                 server_kv_cache_gb=args.kv_cache_gb))
     summary = synthesize(cfg)
     seconds = round(time.monotonic() - t0, 1)
     original = {t.task_id: t for t in load_tasks(args.tasks, verify_seen=False)}
