@@ -59,8 +59,8 @@ def main() -> None:
     ap.add_argument("--out", default="runs/yield")
     args = ap.parse_args()
 
-    from engine.teacher.endpoint import teacher_endpoint
     from engine.tasks import load_tasks
+    from engine.teacher.endpoint import teacher_endpoint
     from sandbox.pool import SandboxPool
 
     source = Path(args.source)

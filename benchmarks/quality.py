@@ -99,8 +99,8 @@ def step_train(cfg: RunConfig, out: Path) -> None:
 
 
 def eval_sets(cfg: RunConfig, mbpp: Path, mbpp_tasks: int, sandbox) -> dict:
-    from engine.tasks.docstring_tests import verify_seen_tests
     from engine.tasks import load_tasks
+    from engine.tasks.docstring_tests import verify_seen_tests
 
     # loaded exactly as engine.distill loads its eval set, so the task fingerprints match
     return {"humaneval": verify_seen_tests(load_tasks("humaneval", 0, verify_seen=False), sandbox),

@@ -58,11 +58,11 @@ def run_online(cfg, run, pool, sandbox, pool_tasks: Sequence[Task], attempts: di
     """Rounds 1..cfg.online_rounds; returns one summary row per round. `refinements` and
     `verified` are the first pass's: the `refinements` and `verified` views grow by each round's
     (the stages share those names, and a view is rewritten whole)."""
-    from engine.stages.train import train_adapter
-    from engine.teacher.endpoint import teacher_endpoint
-    from engine.tasks.docstring_tests import verify_seen_tests
     from engine.evaluate import evaluate
+    from engine.stages.train import train_adapter
     from engine.student import Decoding, Sampling
+    from engine.tasks.docstring_tests import verify_seen_tests
+    from engine.teacher.endpoint import teacher_endpoint
 
     st, tc = cfg.student, cfg.teacher
     limit = cfg.data.train_limit or len(pool_tasks)

@@ -29,8 +29,7 @@ from engine import personal, runlog, stages
 from engine.config import RunConfig
 from engine.records import Attempt, Example, Grade, Refinement, Task
 from engine.store import RunStore
-from engine.summary import (AttemptCounts, EvalInfo, RunSummary, StudentInfo, TeacherCounts,
-                            TeacherSummary)
+from engine.summary import AttemptCounts, EvalInfo, RunSummary, StudentInfo, TeacherCounts, TeacherSummary
 
 # Training tasks per student submission: large enough that vLLM's continuous batching stays
 # full (a 64-task batch waited for its slowest sample before the next began), small enough that

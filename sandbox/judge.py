@@ -32,8 +32,7 @@ from sandbox.channel import Abort, Channel, Corrupt, Gone, TimedOut
 from sandbox.parse import Parsed, names_for, parse_test
 from sandbox.plan import SHIP, ExecPlan, Plan, SplitPlan, plan_test
 from sandbox.records import Program, Status
-from sandbox.remote import (Namespace, Opaque, Raised, Remote, Unsendable, label, raised_type,
-                            sendable)
+from sandbox.remote import Namespace, Opaque, Raised, Remote, Unsendable, label, raised_type, sendable
 from sandbox.values import decode, encode, equal
 from sandbox.verdict import Run, TestResult, exception_text
 

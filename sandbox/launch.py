@@ -42,8 +42,17 @@ import orjson
 from common.errors import SandboxUnavailable
 from sandbox.cgroups import Cgroups, WorkerCgroup
 from sandbox.config import SandboxConfig
-from sandbox.protocol import (HEADER, MAX_FRAME, Hello, ProtocolError, Reply, WorkerLimits,
-                              encode_frame, from_wire, to_wire)
+from sandbox.protocol import (
+    HEADER,
+    MAX_FRAME,
+    Hello,
+    ProtocolError,
+    Reply,
+    WorkerLimits,
+    encode_frame,
+    from_wire,
+    to_wire,
+)
 from sandbox.records import Program, Status
 
 log = logging.getLogger(__name__)

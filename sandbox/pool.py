@@ -41,9 +41,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
 
-from sandbox.records import Grade, Program, Status, TestCase
 from sandbox.config import SandboxConfig
 from sandbox.launch import Launcher, Mechanisms, WorkerFailure, WorkerProcess
+from sandbox.records import Grade, Program, Status, TestCase
 
 log = logging.getLogger(__name__)
 

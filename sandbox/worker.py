@@ -44,8 +44,7 @@ from sandbox import harness
 from sandbox.channel import Channel
 from sandbox.confine import Confinement
 from sandbox.judge import Judge
-from sandbox.protocol import (Hello, Reply, WorkerLimits, from_wire, read_frame, to_wire,
-                              write_frame)
+from sandbox.protocol import Hello, Reply, WorkerLimits, from_wire, read_frame, to_wire, write_frame
 from sandbox.records import Program, Status
 from sandbox.verdict import ChildEnd, decide
 from sandbox.zygote import Zygote

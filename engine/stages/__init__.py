@@ -9,14 +9,28 @@ resumable through the run store:
 `engine/pipeline.py` runs them in order (then `train.py`, stage 6); `engine/evaluate.py`
 reuses attempt + grade for pass@k; `engine/online.py` runs them again per online round.
 """
-from engine.stages.attempt import (SampleJob, attempt_stage, refine_job, request_seed, sample,
-                                   sample_requests, task_jobs)
-from engine.stages.datasets import (build_datasets, matched_stand, one_per_attempt,
-                                    personalisation)
+from engine.stages.attempt import (
+                                   SampleJob,
+                                   attempt_stage,
+                                   refine_job,
+                                   request_seed,
+                                   sample,
+                                   sample_requests,
+                                   task_jobs,
+)
+from engine.stages.datasets import build_datasets, matched_stand, one_per_attempt, personalisation
 from engine.stages.grade import grade, grade_stage, program, program_fingerprint, programs_stage
-from engine.stages.refine import (TeacherJob, ask_teacher, first_round_jobs, next_round_jobs,
-                                  refine_rounds, refine_stage, solved_attempts, stand_jobs,
-                                  verify_stage)
+from engine.stages.refine import (
+                                   TeacherJob,
+                                   ask_teacher,
+                                   first_round_jobs,
+                                   next_round_jobs,
+                                   refine_rounds,
+                                   refine_stage,
+                                   solved_attempts,
+                                   stand_jobs,
+                                   verify_stage,
+)
 
 __all__ = ["SampleJob", "attempt_stage", "refine_job", "request_seed", "sample",
            "sample_requests", "task_jobs", "build_datasets", "matched_stand", "one_per_attempt",

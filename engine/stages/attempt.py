@@ -12,6 +12,7 @@ from engine.records import Attempt, Task
 from engine.store import RunStore, content_hash, fingerprint
 from engine.student import Decoding, GenRequest, Sampling, StudentPool
 
+
 @dataclass(frozen=True)
 class SampleJob:
     """One prompt to sample n completions for; its attempts get ids f"{job_id}#{j}"."""

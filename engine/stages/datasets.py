@@ -9,6 +9,7 @@ from typing import Sequence
 from engine import personal, prompts
 from engine.records import Attempt, Example, Grade, Refinement, Task
 
+
 def one_per_attempt(refinements: Sequence[Refinement], verified: dict[str, Grade],
                     attempts: dict[str, Attempt], keep: str = "closest") -> list[Refinement]:
     """What `build_datasets` should see. Of the passing refinements of one attempt (several

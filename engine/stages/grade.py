@@ -9,6 +9,7 @@ from engine import prompts
 from engine.records import Grade, Program, Task
 from engine.store import RunStore, fingerprint
 
+
 def program(sandbox_cfg, pid: str, task: Task, code: str, seen_only: bool = False) -> Program:
     """The program that grades `code` against the task's hidden (or seen) tests, with the
     sandbox's configured wall-clock limit."""

@@ -12,9 +12,10 @@ from typing import Iterable, Sequence
 from engine import personal, prompts
 from engine.records import Attempt, Grade, Refinement, Task
 from engine.runlog import Progress
-from engine.store import RunStore
 from engine.stages.grade import grade_stage
+from engine.store import RunStore
 from engine.teacher import Teacher
+
 
 @dataclass(frozen=True)
 class TeacherJob:

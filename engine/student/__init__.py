@@ -6,8 +6,16 @@
     cpu_env.py      thread binding and LD_PRELOADs for vLLM-CPU, chosen by measurement
     cpu_sampler.py  the sort-free top-p sampler (registered by engine/vllm_plugin.py)
 """
-from engine.student.pool import (Decoding, GenOutput, GenRequest, LazyPool, Sampling,
-                                 StudentEngine, StudentPool, init_ray)
+from engine.student.pool import (
+                                 Decoding,
+                                 GenOutput,
+                                 GenRequest,
+                                 LazyPool,
+                                 Sampling,
+                                 StudentEngine,
+                                 StudentPool,
+                                 init_ray,
+)
 
 __all__ = ["Decoding", "GenOutput", "GenRequest", "LazyPool", "Sampling", "StudentEngine",
            "StudentPool", "init_ray"]

@@ -8,9 +8,18 @@ overlap check that keeps a training pool apart from the evaluation sets.
                         reference in the sandbox
     overlap.py          decontamination by shared word 13-grams
 """
-from engine.tasks.loaders import (BUILTIN_PATH, TaskFileError, assert_to_test, check_to_tests,
-                                  detect_format, humaneval_package_file, load_file, load_tasks,
-                                  shown_in, split_tasks)
+from engine.tasks.loaders import (
+                                  BUILTIN_PATH,
+                                  TaskFileError,
+                                  assert_to_test,
+                                  check_to_tests,
+                                  detect_format,
+                                  humaneval_package_file,
+                                  load_file,
+                                  load_tasks,
+                                  shown_in,
+                                  split_tasks,
+)
 
 __all__ = ["BUILTIN_PATH", "TaskFileError", "assert_to_test", "check_to_tests", "detect_format",
            "humaneval_package_file", "load_file", "load_tasks", "shown_in", "split_tasks"]

@@ -6,8 +6,16 @@ response cache and rate limits, and the local vLLM server started when no endpoi
     limits.py   Slots (requests in flight) and TokenBucket (requests and tokens per minute)
     server.py   LocalServer: vLLM's OpenAI server on 127.0.0.1 for a local teacher
 """
-from engine.teacher.client import (PRICES_PER_MTOK, Failure, Teacher, TeacherReply,
-                                   TeacherUnreachable, Usage, prices, retry_after_s)
+from engine.teacher.client import (
+                                   PRICES_PER_MTOK,
+                                   Failure,
+                                   Teacher,
+                                   TeacherReply,
+                                   TeacherUnreachable,
+                                   Usage,
+                                   prices,
+                                   retry_after_s,
+)
 
 __all__ = ["PRICES_PER_MTOK", "Failure", "Teacher", "TeacherReply", "TeacherUnreachable", "Usage",
            "prices", "retry_after_s"]

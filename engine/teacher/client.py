@@ -39,8 +39,8 @@ import orjson
 
 from common.errors import TeacherUnreachable  # noqa: F401 (raised here; callers catch it)
 from engine import faults
-from engine.teacher.cache import CacheEntry, ResponseCache
 from engine.config import TeacherConfig
+from engine.teacher.cache import CacheEntry, ResponseCache
 from engine.teacher.limits import Slots, TokenBucket
 
 # USD per 1M (prompt, completion) tokens, list prices in 2025. A dated snapshot such as

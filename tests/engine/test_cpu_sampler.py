@@ -7,8 +7,7 @@ import os
 import pytest
 import torch
 
-from engine.student import cpu_env, cpu_sampler
-from engine.student import GenRequest
+from engine.student import GenRequest, cpu_env, cpu_sampler
 
 
 def vllm_mask(logits: torch.Tensor, k, p) -> torch.Tensor:

@@ -7,10 +7,10 @@ import re
 
 import pytest
 
-from engine.tasks.docstring_tests import docstring_examples, format_examples, verify_seen_tests
 from engine.prompts import program_code
 from engine.records import Program, Task, TestCase
 from engine.tasks import load_file, load_tasks
+from engine.tasks.docstring_tests import docstring_examples, format_examples, verify_seen_tests
 
 
 def examples(doc: str, signature: str = "def f(x):") -> list[tuple[str, str]]:

@@ -3,8 +3,14 @@ import json
 
 import pytest
 
-from engine.summary import (AttemptCounts, OnlineRound, PersonalStats, RunSummary, TeacherCounts,
-                            TeacherSummary)
+from engine.summary import (
+    AttemptCounts,
+    OnlineRound,
+    PersonalStats,
+    RunSummary,
+    TeacherCounts,
+    TeacherSummary,
+)
 
 
 def counts(**kw) -> TeacherCounts:

@@ -68,7 +68,6 @@ class SynthTeacher(ScriptedTeacher):
 @pytest.fixture(scope="module")
 def synthesized(tmp_path_factory, builtin_tasks, sandbox_pool):
     from engine.synthesize import synthesize
-
     from engine.tasks.mutants import mutants
 
     originals = [t for t in builtin_tasks if len([c for c in t.tests if c.call]) >= 4][:8]

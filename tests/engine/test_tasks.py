@@ -6,11 +6,10 @@ import ast
 import orjson
 import pytest
 
-from engine.tasks.docstring_tests import docstring_examples
 from engine.prompts import task_message
 from engine.records import TestCase
-from engine.tasks import (TaskFileError, assert_to_test, load_file, load_tasks, shown_in,
-                          split_tasks)
+from engine.tasks import TaskFileError, assert_to_test, load_file, load_tasks, shown_in, split_tasks
+from engine.tasks.docstring_tests import docstring_examples
 
 
 def test_humaneval_package_file_loads_with_split_tests():
@@ -130,8 +129,8 @@ def test_specs_join_with_plus_and_select_id_ranges(shared_data):
 
 
 def test_decontamination_drops_pool_tasks_sharing_a_13_gram(shared_data):
-    from engine.tasks.overlap import decontaminate, find_overlaps, load_pool
     from engine.records import Task
+    from engine.tasks.overlap import decontaminate, find_overlaps, load_pool
 
     path = shared_data / "mbpp.jsonl"
     evalset = load_tasks(f"mbpp-test:{path}", verify_seen=False)

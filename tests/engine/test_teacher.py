@@ -12,9 +12,9 @@ from engine import prompts, stages
 from engine.config import TeacherConfig
 from engine.prompts import extract_code
 from engine.records import Attempt, Grade, Refinement, Status
-from engine.teacher.server import LocalServer, free_port
 from engine.tasks import BUILTIN_PATH, load_file
 from engine.teacher import Teacher, TeacherUnreachable
+from engine.teacher.server import LocalServer, free_port
 from tests.faulty_server import FaultyServer
 
 

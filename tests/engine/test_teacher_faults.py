@@ -17,10 +17,9 @@ import orjson
 import pytest
 
 from engine.config import TeacherConfig
+from engine.teacher import Failure, Teacher, TeacherUnreachable, prices, retry_after_s
 from engine.teacher.cache import CacheEntry, ResponseCache
 from engine.teacher.limits import Slots, TokenBucket
-from engine.teacher import (Failure, Teacher, TeacherUnreachable,
-                            prices, retry_after_s)
 from tests.faulty_server import Fault, FaultyServer, Kind, key_of
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from engine.records import Program, Status
-from engine.records import TestCase as Case   # as Case: pytest would try to collect TestCase
+from engine.records import TestCase as Case  # as Case: pytest would try to collect TestCase
 from sandbox.config import SandboxConfig
 from sandbox.confine import ARCHES, DENIED, seccomp_program
 from sandbox.launch import Mechanisms, enforce

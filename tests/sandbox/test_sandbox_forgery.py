@@ -15,7 +15,7 @@ import secrets
 import pytest
 
 from engine.records import Program, Status
-from engine.records import TestCase as Case   # as Case: pytest would try to collect TestCase
+from engine.records import TestCase as Case  # as Case: pytest would try to collect TestCase
 from sandbox.config import SandboxConfig
 from sandbox.pool import SandboxPool
 

@@ -15,7 +15,7 @@ import pytest
 
 from engine import prompts
 from engine.records import Program, Status
-from engine.records import TestCase as Case   # as Case: pytest would try to collect TestCase
+from engine.records import TestCase as Case  # as Case: pytest would try to collect TestCase
 from engine.tasks import load_file
 from sandbox.config import SandboxConfig
 from sandbox.plan import shapes
