@@ -27,14 +27,21 @@ def make_cfg(run_dir, task_file, tiny_model, student_cfg, url, **kw) -> RunConfi
         train=TrainConfig(epochs=1, lr=1e-3, batch_tokens=1024, save_every=100), **kw)
 
 
-def views(run_dir) -> dict[str, object]:
-    """The views a run's result is made of, byte for byte (grades: all but their timing)."""
+def views(run_dir, resumed: bool = False) -> dict[str, object]:
+    """The views a run's result is made of, byte for byte; but grades without their timing, and
+    for a resumed run teacher replies without `cached` (what a resume took from the cache)."""
     import orjson
+
+    def records(name: str, drop: str) -> list[dict]:
+        return [{k: v for k, v in orjson.loads(line).items() if k != drop}
+                for line in (run_dir / f"{name}.jsonl").read_bytes().splitlines()]
 
     out = {name: (run_dir / f"{name}.jsonl").read_bytes() for name in
            (*DATASETS, "attempts", "refinements", "stand-answers")}
-    out["grades"] = [{k: v for k, v in orjson.loads(line).items() if k != "duration_s"}
-                     for line in (run_dir / "grades.jsonl").read_bytes().splitlines()]
+    out["grades"] = records("grades", "duration_s")
+    if resumed:
+        out["refinements"] = records("refinements", "cached")
+        out["stand-answers"] = records("stand-answers", "cached")
     return out
 
 
@@ -91,5 +98,5 @@ def test_a_killed_streamed_run_resumes_to_the_same_result(tmp_path, task_file, t
         requests = list(teacher.requests)
     resumed = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert stable_summary(resumed) == stable_summary(reference)
-    assert views(tmp_path / "run") == views(tmp_path / "ref")
+    assert views(tmp_path / "run", resumed=True) == views(tmp_path / "ref", resumed=True)
     assert duplicate_requests(requests) == 0
