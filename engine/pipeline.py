@@ -166,21 +166,27 @@ class Pipeline:
 
     def attempt(self, inputs: Inputs) -> Attempts:
         """1-2: the student's attempts at every training task, graded."""
+        return self.count_attempts(inputs, self.attempt_tasks(inputs, inputs.train_tasks))
+
+    def attempt_tasks(self, inputs: Inputs, tasks: list[Task]) -> Attempts:
+        """1-2 for some of the training tasks (all of them, or a streamed chunk)."""
         from engine.student import Decoding, Sampling
 
-        st, tasks = self.cfg.student, inputs.tasks
+        st, by_id = self.cfg.student, inputs.tasks
         with self.clock("1-attempt"):
             attempts = {a.attempt_id: a for a in stages.attempt_stage(
-                self.run, "attempts", self.pool, stages.task_jobs(inputs.train_tasks),
+                self.run, "attempts", self.pool, stages.task_jobs(tasks),
                 model_id=inputs.student_id, decoding=Decoding.of(st),
                 sampling=Sampling.attempts(st), batch=ATTEMPT_BATCH)}
         with self.clock("2-grade"):
             grades = stages.grade_stage(self.run, "grades", self.sandbox, [
-                (a.attempt_id, tasks[a.task_id], a.code) for a in attempts.values()])
-        tried = Attempts(attempts, grades)
+                (a.attempt_id, by_id[a.task_id], a.code) for a in attempts.values()])
+        return Attempts(attempts, grades)
+
+    def count_attempts(self, inputs: Inputs, tried: Attempts) -> Attempts:
         self.summary.attempts = AttemptCounts(tasks=len(inputs.train_tasks),
-                                              samples=len(attempts),
-                                              passed=len(attempts) - len(tried.failed),
+                                              samples=len(tried.attempts),
+                                              passed=len(tried.attempts) - len(tried.failed),
                                               failed=len(tried.failed))
         return tried
 
@@ -223,11 +229,7 @@ class Pipeline:
         from engine.streaming import stream
 
         tried, before, work = stream(self, inputs)
-        self.summary.attempts = AttemptCounts(tasks=len(inputs.train_tasks),
-                                              samples=len(tried.attempts),
-                                              passed=len(tried.attempts) - len(tried.failed),
-                                              failed=len(tried.failed))
-        return tried, before, work
+        return self.count_attempts(inputs, tried), before, work
 
     def verify(self, inputs: Inputs, work: TeacherWork) -> dict[str, Grade]:
         """4: every refinement and StanD answer against its task's tests."""

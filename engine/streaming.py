@@ -26,12 +26,11 @@ from engine import stages
 
 def stream(pipe, inputs):
     """(Attempts, the eval-before summary, TeacherWork) for `pipe` (an engine.pipeline.Pipeline)."""
-    from engine.pipeline import ATTEMPT_BATCH, Attempts, TeacherWork
-    from engine.student import Decoding, Sampling
+    from engine.pipeline import Attempts, TeacherWork
     from engine.teacher.endpoint import teacher_endpoint
 
     cfg, run, tc = pipe.cfg, pipe.run, pipe.cfg.teacher
-    st, tasks = cfg.student, inputs.tasks
+    tasks = inputs.tasks
     size = cfg.stream_chunk
     chunks = [inputs.train_tasks[i:i + size] for i in range(0, len(inputs.train_tasks), size)]
     attempts, grades = {}, {}
@@ -63,17 +62,10 @@ def stream(pipe, inputs):
                                                   thread_name_prefix="teach") as workers:
             pending: set[Future] = set()
             for chunk in chunks:
-                with pipe.clock("1-attempt"):
-                    got = stages.attempt_stage(
-                        run, "attempts", pipe.pool, stages.task_jobs(chunk),
-                        model_id=inputs.student_id, decoding=Decoding.of(st),
-                        sampling=Sampling.attempts(st), batch=ATTEMPT_BATCH)
-                with pipe.clock("2-grade"):
-                    graded = stages.grade_stage(run, "grades", pipe.sandbox, [
-                        (a.attempt_id, tasks[a.task_id], a.code) for a in got])
-                attempts.update({a.attempt_id: a for a in got})
-                grades.update(graded)
-                failed = [a for a in got if graded[a.attempt_id].failed]
+                got = pipe.attempt_tasks(inputs, chunk)
+                attempts.update(got.attempts)
+                grades.update(got.grades)
+                failed, graded = got.failed, got.grades
                 while len(pending) >= cfg.stream_teacher_chunks:   # back-pressure
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
                     collect(done)

@@ -190,18 +190,19 @@ class HTTPPool:
         import openai
 
         url = f"{self.base_url}/{path}"
-        request = httpx2.Request("POST", url)
         try:
             async with self.session.post(url, data=body) as resp:
                 content = await resp.read()
-                status, headers = resp.status, dict(resp.headers)
+                status = resp.status
+                headers = dict(resp.headers) if status >= 400 else None
         except asyncio.TimeoutError:
-            raise openai.APITimeoutError(request=request) from None
+            raise openai.APITimeoutError(request=httpx2.Request("POST", url)) from None
         except aiohttp.ClientError as e:
             raise openai.APIConnectionError(message=f"{type(e).__name__}: {e}",
-                                            request=request) from None
-        if status >= 400:
-            response = httpx2.Response(status, headers=headers, content=content, request=request)
+                                            request=httpx2.Request("POST", url)) from None
+        if status >= 400:   # the SDK's exception types are built only for a failure
+            response = httpx2.Response(status, headers=headers, content=content,
+                                       request=httpx2.Request("POST", url))
             raise openai.APIStatusError(f"Error code: {status} - {content[:300]!r}",
                                         response=response, body=None)
         return content
@@ -231,8 +232,7 @@ class Teacher:
     def _new_client(self):
         from openai import AsyncOpenAI
 
-        key = os.environ.get(self.cfg.api_key_env) or "EMPTY"  # local servers need none
-        return AsyncOpenAI(base_url=self.base_url, api_key=key, timeout=self.timeout_s,
+        return AsyncOpenAI(base_url=self.base_url, api_key=self._key(), timeout=self.timeout_s,
                            max_retries=0)  # our own retry loop (Retry-After, counting, circuit)
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
@@ -255,9 +255,11 @@ class Teacher:
                              **self._payload(messages, n, extra)}, option=orjson.OPT_SORT_KEYS)
         return hashlib.sha256(blob).hexdigest()
 
+    def _key(self) -> str:
+        return os.environ.get(self.cfg.api_key_env) or "EMPTY"  # local servers need none
+
     def _new_pool(self) -> HTTPPool:
-        key = os.environ.get(self.cfg.api_key_env) or "EMPTY"
-        return HTTPPool(self.base_url, key, self.timeout_s, self.cfg.concurrency)
+        return HTTPPool(self.base_url, self._key(), self.timeout_s, self.cfg.concurrency)
 
     async def check_reachable(self) -> None:
         """Fail fast, naming the URL, when the endpoint does not answer `/models`."""
