@@ -95,7 +95,8 @@ def reap(token: str, known: dict[int, int] | None = None) -> int:
             except ProcessLookupError:
                 pass
         quiet = 0 if targets else quiet + 1
-        time.sleep(0.1 if targets else 0.5)  # a process forked by a dying parent shows up late
+        # a process forked by a dying parent shows up late: after a kill, wait longer for it
+        time.sleep(0.1 if targets or not killed else 0.5)
     return len(killed)
 
 

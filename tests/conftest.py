@@ -40,9 +40,11 @@ def student_cfg():
     from engine.config import StudentConfig
 
     # fp32: the tiny model is cheap either way, and fp32 lets vLLM's greedy output be compared
-    # token for token with transformers + PEFT
+    # token for token with transformers + PEFT; inline: each engine start (the session's, and
+    # every driver process of the kill tests) takes half the time
     return StudentConfig(model="unused", dtype="float32", kv_cache_gb=1, max_model_len=2048,
-                         cpu_threads="all", max_tokens=48, enforce_eager=True)
+                         cpu_threads="all", max_tokens=48, enforce_eager=True,
+                         engine_process="inline")
 
 
 @pytest.fixture(scope="session")
@@ -86,7 +88,6 @@ MODULE_MARKS = {  # modules whose tests start vLLM, the sandbox or a model thems
     "test_kill_resume": ("needs_vllm", "needs_bwrap"),
     "test_online": ("needs_vllm", "needs_bwrap"),
     "test_resume_changes": ("needs_vllm", "needs_bwrap"),
-    "test_ray_job": ("needs_vllm", "needs_bwrap"),
     "test_multinode": ("needs_vllm", "needs_bwrap"),
     "test_synthesize": ("needs_bwrap",),
     "test_streaming": ("needs_vllm", "needs_bwrap"),

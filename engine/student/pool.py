@@ -84,7 +84,9 @@ def _actor_env(cfg: StudentConfig) -> dict[str, str]:
     return {**vllm_cpu_env(cfg.cpu_threads, cfg.kv_cache_gb, cfg.preload),
             # Ray sets 1 for a 1-CPU actor; vLLM needs the cores
             "OMP_NUM_THREADS": str(len(os.sched_getaffinity(0))),
-            "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
+            "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
+            # inline: no engine-core process (each process start re-imports vLLM, ~10 s here)
+            "VLLM_ENABLE_V1_MULTIPROCESSING": "0" if cfg.engine_process == "inline" else "1"}
 
 
 class StudentEngine:
@@ -105,7 +107,10 @@ class StudentEngine:
                        tensor_parallel_size=cfg.tensor_parallel_size,
                        enforce_eager=cfg.enforce_eager,
                        max_num_batched_tokens=max(cfg.max_model_len, 8192),
-                       max_num_seqs=cfg.max_num_seqs)
+                       max_num_seqs=cfg.max_num_seqs,
+                       # inline: the worker too runs in this process, not in a spawned one
+                       distributed_executor_backend="uni" if cfg.engine_process == "inline"
+                       else None)
         self.tokenizer = self.llm.get_tokenizer()
         self.model_id = content_hash(model) if os.path.isdir(model) else f"hub:{model}"
         self._lora_ids: dict[str, int] = {}   # adapter content hash -> vLLM LoRA id

@@ -91,6 +91,8 @@ def test_user_errors_are_one_line_and_exit_2(argv, message):
     (lambda: parse(["--train.method", "lroa"]), "train.method: 'lroa' is not one of lora, full"),
     (lambda: TrainConfig(bf16="yes"), "train.bf16: 'yes' is not one of auto, true, false"),
     (lambda: TeacherConfig(api="chat-completions"), "teacher.api: 'chat-completions' is not one"),
+    (lambda: parse(["--student.engine_process", "inline", "--student.tensor_parallel_size", "2"]),
+     "student.engine_process: inline runs one worker; tensor_parallel_size 2 needs separate"),
 ])
 def test_choices_are_checked_by_their_literal_type(build, message):
     """A Literal-typed field is checked wherever the record is made: file, flag or Python."""

@@ -1,7 +1,9 @@
-"""A real multi-node run: `ray.cluster_utils.Cluster` starts a head and three more raylets on this
-machine, each offering one custom resource; `python -m engine.distill` joins it (RAY_ADDRESS)
-and places the student actor, the sandbox pool and the trainer on different nodes. The run's
-`summary.json["placement"]` must name exactly those nodes."""
+"""A real multi-node run submitted as a Ray job: `ray.cluster_utils.Cluster` starts a head (with
+the job server) and three more raylets on this machine, each offering one custom resource;
+`ray job submit` runs `python -m engine.distill`, which joins the cluster and places the student
+actor, the sandbox pool and the trainer on different nodes. The run's
+`summary.json["placement"]` must name exactly those nodes, and the job must run every stage to a
+trained adapter that the evaluation sampled with."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,12 +12,16 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
 from engine.config import ClusterConfig, DataConfig, EvalConfig, RunConfig, TeacherConfig
+from engine.records import EvalResult
+from engine.store import RunStore
 from engine.tasks import load_file
+from engine.teacher.server import free_port
 from tests.killing import cli_flags
 from tests.tiny import SCRIPTED_TEACHER, ScriptedTeacher
 from train.config import TrainConfig
@@ -25,7 +31,9 @@ ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = textwrap.dedent("""
     import json, sys
     from ray.cluster_utils import Cluster
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1",
+        "dashboard_port": int(sys.argv[1])})     # the dashboard serves job submission
     nodes = {name: cluster.add_node(num_cpus=1, resources={name: 1})
              for name in ("student", "sandbox", "trainer")}
     cluster.wait_for_nodes()
@@ -38,12 +46,14 @@ CLUSTER = textwrap.dedent("""
 
 @pytest.fixture
 def cluster(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-c", CLUSTER], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+    port = free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}   # Ray 2.60's job server wants it
+    proc = subprocess.Popen([sys.executable, "-c", CLUSTER, str(port)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
     try:
         line = proc.stdout.readline()
         assert line, "the Ray cluster did not start"
-        yield json.loads(line)
+        yield {**json.loads(line), "jobs": f"http://127.0.0.1:{port}", "env": env}
     finally:
         proc.stdin.close()
         try:
@@ -52,13 +62,15 @@ def cluster(tmp_path):
             proc.kill()
 
 
-def test_student_sandbox_and_trainer_run_on_their_own_nodes(cluster, tmp_path, task_file,
+def test_a_submitted_job_runs_student_sandbox_and_trainer_on_their_own_nodes(cluster, tmp_path, task_file,
                                                            tiny_model, student_cfg):
     tasks = load_file(task_file)
     with ScriptedTeacher(tasks) as teacher:
         cfg = RunConfig(
             run_dir=str(tmp_path / "run"),
-            student=dataclasses.replace(student_cfg, model=str(tiny_model), resources="student=1"),
+            # the default engine processes: the suite's other engines run inline
+            student=dataclasses.replace(student_cfg, model=str(tiny_model), resources="student=1",
+                                        engine_process="separate"),
             teacher=TeacherConfig(base_url=teacher.url, model="scripted", concurrency=4,
                                   stand=False, **SCRIPTED_TEACHER),
             data=DataConfig(train_tasks=str(task_file), train_limit=3, eval_tasks=str(task_file),
@@ -66,10 +78,17 @@ def test_student_sandbox_and_trainer_run_on_their_own_nodes(cluster, tmp_path, t
             eval=EvalConfig(n=1, k=(1,), temperature=0.0, max_tokens=24),
             train=TrainConfig(epochs=1, lr=1e-3, batch_tokens=1024, save_every=100),
             cluster=ClusterConfig(sandbox_resources="sandbox=1", trainer_resources="trainer=1"))
-        env = {**os.environ, "RAY_ADDRESS": cluster["address"], "PYTHONPATH": str(ROOT)}
-        done = subprocess.run([sys.executable, "-m", "engine.distill", *cli_flags(cfg)], cwd=ROOT,
-                              env=env, capture_output=True, text=True, timeout=900)
+        ray = str(Path(sys.executable).parent / "ray")
+        cmd = [ray, "job", "submit", "--address", cluster["jobs"], "--working-dir", str(ROOT),
+               "--", sys.executable, "-m", "engine.distill", *cli_flags(cfg)]
+        for _ in range(3):  # the job agent can take a few seconds to accept jobs
+            done = subprocess.run(cmd, env=cluster["env"], capture_output=True, text=True,
+                                  timeout=900)
+            if "No available agent" not in done.stdout + done.stderr:
+                break
+            time.sleep(5)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "succeeded" in done.stdout + done.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     where = summary["placement"]
     assert where["student"] == [cluster["student"]]
@@ -80,6 +99,9 @@ def test_student_sandbox_and_trainer_run_on_their_own_nodes(cluster, tmp_path, t
     assert summary["attempts"]["tasks"] == 3 and summary["sandbox"]["programs"] > 0
     assert (tmp_path / "run" / "train" / "adapter" / "adapter_config.json").exists()
     assert "pass@1" in summary["pass_after"]
+    results = RunStore(tmp_path / "run", lock=False).read("eval-after-results", EvalResult)
+    assert [r.n for r in results] == [1, 1]
+    assert all(r.model_id and r.adapter_id for r in results)   # sampled with the adapter
 
 
 def test_a_resource_no_node_offers_is_a_clear_error(tmp_path, task_file):
