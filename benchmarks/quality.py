@@ -79,14 +79,14 @@ def step_data(cfg: RunConfig, out: Path) -> None:
     (out / "data-summary.json").write_text(json.dumps(summary.to_json(), indent=2))
 
 
-def step_train(cfg: RunConfig, out: Path) -> None:
+def step_train(cfg: RunConfig, out: Path, variants: tuple[str, ...]) -> None:
     from engine.models import model_identity, resolve_model
     from engine.stages.train import train_adapter
 
     run = Path(cfg.run_dir)
     student_dir = resolve_model(cfg.student.model)
     student_id = model_identity(student_dir)
-    for v in VARIANTS:
+    for v in variants:
         data = run / f"{v}.jsonl"
         if not data.exists() or not data.read_text().strip():
             print(f"[quality] {v}: no examples, not trained", file=sys.stderr, flush=True)
@@ -274,6 +274,9 @@ def main() -> None:
     ap.add_argument("--mbpp_tasks", type=int, default=200,
                     help="first N tasks of the MBPP test split to evaluate on (0 = all 500)")
     ap.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated: {', '.join(STEPS)}")
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help="the datasets the train and eval steps take, in this order (e.g. "
+                    "persd-combined,stand first, for the main comparison early)")
     args = ap.parse_args()
     out = Path(args.out).resolve()
     mbpp = Path(args.mbpp).resolve()
@@ -283,6 +286,10 @@ def main() -> None:
     for s in steps:
         if s not in STEPS:
             ap.error(f"--steps: {s!r} is not one of {', '.join(STEPS)}")
+    variants = tuple(args.variants.split(","))
+    for v in variants:
+        if v not in VARIANTS:
+            ap.error(f"--variants: {v!r} is not one of {', '.join(VARIANTS)}")
     out.mkdir(parents=True, exist_ok=True)
     cfg = config(out, mbpp, args.pool)
     from engine.models import resolve_model
@@ -295,10 +302,11 @@ def main() -> None:
         if s == "data":
             step_data(cfg, out)
         elif s == "train":
-            step_train(cfg, out)
+            step_train(cfg, out, variants)
         elif s == "eval":
             evaluate_rows(cfg, mbpp, args.mbpp_tasks,
-                          {"base": None, **adapters(Path(cfg.run_dir))})
+                          {"base": None, **{v: a for v, a in adapters(Path(cfg.run_dir)).items()
+                                            if v in variants}})
         elif s == "ceiling":
             evaluate_rows(cfg, mbpp, args.mbpp_tasks, {"teacher": None},
                           model=str(resolve_model(cfg.teacher.model)))

@@ -81,10 +81,12 @@ def test_a_submitted_job_runs_student_sandbox_and_trainer_on_their_own_nodes(clu
         ray = str(Path(sys.executable).parent / "ray")
         cmd = [ray, "job", "submit", "--address", cluster["jobs"], "--working-dir", str(ROOT),
                "--", sys.executable, "-m", "engine.distill", *cli_flags(cfg)]
-        for _ in range(3):  # the job agent can take a few seconds to accept jobs
+        deadline = time.monotonic() + 180   # the head's job agent starts after the raylets
+        while True:
             done = subprocess.run(cmd, env=cluster["env"], capture_output=True, text=True,
                                   timeout=900)
-            if "No available agent" not in done.stdout + done.stderr:
+            if "No available agent" not in done.stdout + done.stderr or \
+                    time.monotonic() > deadline:
                 break
             time.sleep(5)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
