@@ -116,7 +116,8 @@ class FaultyServer:
             request_queue_size = 256  # 64+ clients connect at once in the benchmark
 
         self.server = Server(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # polled every 20 ms: shutdown() waits for the next poll (0.5 s by default)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
 
     # -------------------------------------------------------------------------------- answering
 

@@ -105,7 +105,8 @@ class ScriptedTeacher:
                               "total_tokens": (len(str(body["messages"])) + len(text)) // 4}})
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # polled every 20 ms: shutdown() waits for the next poll (0.5 s by default)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
 
     def answer(self, user: str) -> str:
         shown = re.search(r"wrote this code, which is wrong:\n```python\n(.*?)```", user, re.S)

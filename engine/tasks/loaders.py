@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import functools
 import gzip
 import hashlib
 import re
@@ -268,15 +269,22 @@ def load_file(path: str | Path, verify_seen: bool = True, require_tests: bool = 
     path = Path(path)
     if not path.exists():
         raise MissingFile(f"task file {path} does not exist")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    # the same file read again in this process (an evaluation after the run's own load, the
+    # quality table's rows) is parsed and its seen tests verified once
+    return list(_parsed(str(path), digest, verify_seen, require_tests))
 
+
+@functools.lru_cache(maxsize=16)
+def _parsed(path: str, digest: str, verify_seen: bool, require_tests: bool) -> tuple[Task, ...]:
     def records() -> Iterator[tuple[str, object]]:
-        for lineno, line in _lines(path):
+        for lineno, line in _lines(Path(path)):
             where = f"{path}:{lineno}"
             try:
                 yield where, orjson.loads(line)
             except orjson.JSONDecodeError as e:
                 raise TaskFileError(f"{where}: malformed JSON ({e})") from None
-    return parse_records(records(), str(path), verify_seen, require_tests)
+    return tuple(parse_records(records(), path, verify_seen, require_tests))
 
 
 def parse_records(records: Iterable[tuple[str, object]], source: str, verify_seen: bool = True,

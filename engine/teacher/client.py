@@ -272,7 +272,8 @@ class Teacher:
                 except Exception as e:  # noqa: BLE001 - any failure means unreachable here
                     last = f"{type(e).__name__}: {e}"
                     if attempt + 1 < self.cfg.connect_retries:
-                        await asyncio.sleep(min(2 ** attempt, 5))
+                        await asyncio.sleep(min(self.cfg.backoff_s * 2 ** attempt,
+                                                min(5.0, self.cfg.backoff_max_s)))
         raise TeacherUnreachable(f"teacher endpoint {self.base_url} is unreachable after "
                                  f"{self.cfg.connect_retries} tries ({last})")
 

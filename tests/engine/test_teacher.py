@@ -61,7 +61,8 @@ def test_n_samples_from_vllm_come_in_one_request_and_are_cached_once(vllm_server
 
 def test_unreachable_teacher_fails_fast_naming_the_url(tmp_path):
     url = f"http://127.0.0.1:{free_port()}/v1"
-    teacher = Teacher(TeacherConfig(connect_retries=2), url, "m", tmp_path / "c.jsonl")
+    teacher = Teacher(TeacherConfig(connect_retries=2, backoff_s=0.05), url, "m",
+                      tmp_path / "c.jsonl")
     t0 = time.monotonic()
     with pytest.raises(TeacherUnreachable, match=url):
         asyncio.run(teacher.check_reachable())
