@@ -1,4 +1,4 @@
-"""Run store choice: SQLite (WAL, synchronous=FULL; what engine/store.py uses) against JSONL done
+"""Run store choice: SQLite (WAL, synchronous=FULL; what engine/run/store.py uses) against JSONL done
 right (each batch one write of the jobs' records plus a commit line, fsynced; a torn tail is cut
 on open), both durable at every commit.
 
@@ -21,7 +21,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.store import RunStore  # noqa: E402
+from engine.run.store import RunStore  # noqa: E402
 
 
 @dataclass(frozen=True)

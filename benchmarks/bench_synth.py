@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.config import SynthConfig, SynthesizeConfig, TeacherConfig  # noqa: E402
 from engine.records import Attempt, Program  # noqa: E402
-from engine.store import read_view  # noqa: E402
+from engine.run.store import read_view  # noqa: E402
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine import stages  # noqa: E402
 from engine.config import RunConfig, TeacherConfig  # noqa: E402
 from engine.records import Attempt, Grade  # noqa: E402
-from engine.store import RunStore, read_view  # noqa: E402
+from engine.run.store import RunStore, read_view  # noqa: E402
 
 # name -> overrides of the base below (greedy, one sample, refine-feedback)
 SETTINGS = {
@@ -124,7 +124,7 @@ def personalisation(rows: dict, passing: dict, attempts: dict) -> None:
     """Per setting: the mean similarity (difflib on normalised code) of the kept refinement (the
     closest passing one per attempt) to the student's attempt, and the share of attempts whose
     refinement is closer to it than the same teacher's verified StanD answer for the task."""
-    from engine.personal import similarity
+    from engine.stages.personal import similarity
 
     stand = {r.task_id: r.code for r in passing.get("stand", [])}
     for name, ok in passing.items():

@@ -114,7 +114,7 @@ def evaluate_rows(cfg: RunConfig, mbpp: Path, mbpp_tasks: int, rows: dict[str, s
     """Evaluate `rows` (row name -> adapter directory or None) on both sets in one engine."""
     from engine.evaluate import evaluate
     from engine.models import model_identity, resolve_model
-    from engine.store import RunStore
+    from engine.run.store import RunStore
     from engine.student import LazyPool
     from sandbox.pool import SandboxPool
 

@@ -4,7 +4,7 @@ every cycle ends with exactly what an uninterrupted run produced.
     python benchmarks/soak_kill.py --kills 50 --out /tmp/soak      # ~30-60 min on 2 cores
 
 Tiny local student in vLLM, the scripted teacher over HTTP (in this process), real sandbox, real
-trainer. A reference run records every fault point it reaches (engine/faults.py). Each kill is
+trainer. A reference run records every fault point it reaches (engine/run/faults.py). Each kill is
 either at a random one of those points (mid-transaction, mid-export, a teacher reply just made
 durable, a training step) or after a random delay (anywhere, mid-request included). A cycle
 resumes its run directory until a driver finishes, then compares; the next cycle starts afresh.

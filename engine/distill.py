@@ -1,5 +1,5 @@
 """One pass of personalised distillation, end to end: the CLI, and the run directory around the
-pipeline (engine/pipeline.py): its lock, its settings and what changed, its watchdog.
+pipeline (engine/pipeline/staged.py): its lock, its settings and what changed, its watchdog.
 
     python -m engine.distill                       # the embedded default, offline, on this machine
     python -m engine.distill --data.train_limit 200 --eval.n 10 --eval.k 1,5 --eval.temperature 0.8
@@ -28,8 +28,8 @@ from pathlib import Path
 
 from common.errors import ConfigError, PersdError
 from engine.config import RunConfig, add_config_args, config_from_args, to_dict
-from engine.pipeline import Pipeline
-from engine.store import RunStore
+from engine.pipeline.staged import Pipeline
+from engine.run.store import RunStore
 from engine.summary import RunSummary
 
 
@@ -108,7 +108,7 @@ def open_run(cfg: RunConfig) -> RunStore:
 def run_distill(cfg: RunConfig, student_pool=None) -> RunSummary:
     """The run, with a watchdog that kills everything it starts if this process dies, and the
     run directory locked against a second driver."""
-    from engine.reaper import Reaper
+    from engine.run.reaper import Reaper
 
     with Reaper():
         run = open_run(cfg)

@@ -24,7 +24,7 @@ from common.errors import ConfigError, PersdError
 from engine import stages
 from engine.config import EvalConfig, EvaluateConfig, StudentConfig, add_config_args, config_from_args
 from engine.records import Attempt, EvalResult, Grade, Task
-from engine.store import RunStore, content_hash, fingerprint
+from engine.run.store import RunStore, content_hash, fingerprint
 from engine.student import Decoding, LazyPool, Sampling, StudentPool
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import MissingFile, ProvisionError
-from engine.store import content_hash
+from engine.run.store import content_hash
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ class TeacherSummary:
 
 @dataclass(frozen=True)
 class PersonalStats:
-    """One dataset's personalisation (engine/personal.py): similarity of each target to the
+    """One dataset's personalisation (engine/stages/personal.py): similarity of each target to the
     student's own attempt, and of the StanD answer and the reference for comparison."""
 
     examples: int

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from common.errors import PersdError
 from engine.config import SynthesizeConfig, add_config_args, config_from_args
-from engine.store import RunStore
+from engine.run.store import RunStore
 
 
 def synthesize(cfg: SynthesizeConfig) -> dict:

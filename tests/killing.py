@@ -1,5 +1,5 @@
 """Shared by the kill test and the kill soak: run `python -m engine.distill` as a real process,
-SIGKILL it at a named point (engine/faults.py) or after a delay, and check what it leaves."""
+SIGKILL it at a named point (engine/run/faults.py) or after a delay, and check what it leaves."""
 from __future__ import annotations
 
 import dataclasses
@@ -129,6 +129,6 @@ def duplicate_requests(requests: list[dict]) -> int:
 
 
 def example_ids(run_dir: Path, name: str) -> list[str]:
-    from engine.store import read_view
+    from engine.run.store import read_view
 
     return [e.example_id for e in read_view(run_dir, name, Example)]

@@ -6,8 +6,8 @@ resumable through the run store:
     refine.py    3-4  the teacher rectifies the failures, in rounds; refinements are verified
     datasets.py  5  PersD, PersD-refine, PersD-combined, StanD, InpD, and personalisation
 
-`engine/pipeline.py` runs them in order (then `train.py`, stage 6); `engine/evaluate.py`
-reuses attempt + grade for pass@k; `engine/online.py` runs them again per online round.
+`engine/pipeline/staged.py` runs them in order (then `train.py`, stage 6); `engine/evaluate.py`
+reuses attempt + grade for pass@k; `engine/pipeline/online.py` runs them again per online round.
 """
 from engine.stages.attempt import (
                                    SampleJob,

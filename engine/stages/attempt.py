@@ -9,7 +9,7 @@ from typing import Sequence
 
 from engine import prompts
 from engine.records import Attempt, Task
-from engine.store import RunStore, content_hash, fingerprint
+from engine.run.store import RunStore, content_hash, fingerprint
 from engine.student import Decoding, GenRequest, Sampling, StudentPool
 
 

@@ -6,8 +6,9 @@ import zlib
 from pathlib import Path
 from typing import Sequence
 
-from engine import personal, prompts
+from engine import prompts
 from engine.records import Attempt, Example, Grade, Refinement, Task
+from engine.stages import personal
 
 
 def one_per_attempt(refinements: Sequence[Refinement], verified: dict[str, Grade],

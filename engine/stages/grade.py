@@ -7,7 +7,7 @@ from typing import Sequence
 
 from engine import prompts
 from engine.records import Grade, Program, Task
-from engine.store import RunStore, fingerprint
+from engine.run.store import RunStore, fingerprint
 
 
 def program(sandbox_cfg, pid: str, task: Task, code: str, seen_only: bool = False) -> Program:

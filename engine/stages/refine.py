@@ -9,11 +9,12 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from engine import personal, prompts
+from engine import prompts
 from engine.records import Attempt, Grade, Refinement, Task
-from engine.runlog import Progress
+from engine.run.runlog import Progress
+from engine.run.store import RunStore
+from engine.stages import personal
 from engine.stages.grade import grade_stage
-from engine.store import RunStore
 from engine.teacher import Teacher
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from common.config import dump_toml
 from common.errors import TrainerFailed
-from engine import faults
 from engine.config import RunConfig
-from engine.store import content_hash, fingerprint
+from engine.run import faults
+from engine.run.store import content_hash, fingerprint
 
 
 def train_adapter(cfg: RunConfig, data: Path, model: str, model_id: str, out: Path) -> Path:

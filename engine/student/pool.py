@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 
 from engine.config import StudentConfig
-from engine.store import content_hash
+from engine.run.store import content_hash
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,8 @@ import orjson
 from engine import prompts, stages
 from engine.config import SynthConfig
 from engine.records import Program, Refinement, Task, TestCase
+from engine.run.store import RunStore
 from engine.stages.refine import TeacherJob
-from engine.store import RunStore
 from engine.tasks.mutants import kill_reports, mutant_programs
 from sandbox import values
 

@@ -38,8 +38,8 @@ from typing import Callable
 import orjson
 
 from common.errors import TeacherUnreachable  # noqa: F401 (raised here; callers catch it)
-from engine import faults
 from engine.config import TeacherConfig
+from engine.run import faults
 from engine.teacher.cache import CacheEntry, ResponseCache
 from engine.teacher.limits import Slots, TokenBucket
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from engine.config import RunConfig
 from engine.models import model_identity
-from engine.store import RunStore
+from engine.run.store import RunStore
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ def test_samples_the_executor_broke_on_are_no_verdict():
 
 
 def test_a_faulted_attempt_is_not_sent_to_the_teacher():
-    from engine.pipeline import Attempts
+    from engine.pipeline.staged import Attempts
     from engine.records import Attempt, Grade, Status
 
     atts = {i: Attempt(i, "t", "", "") for i in ("a", "b", "c")}

@@ -9,7 +9,7 @@ import pytest
 from engine.config import EvalConfig
 from engine.evaluate import evaluate_into
 from engine.records import Attempt, EvalResult
-from engine.store import content_hash, read_view
+from engine.run.store import content_hash, read_view
 from engine.tasks import load_tasks
 from tests.train.test_train import write_examples
 

@@ -7,7 +7,7 @@ import json
 from engine.config import EvalConfig
 from engine.evaluate import evaluate
 from engine.records import EvalResult, Grade, Task, TestCase
-from engine.store import RunStore
+from engine.run.store import RunStore
 
 HIDDEN_MARK = "777001"
 

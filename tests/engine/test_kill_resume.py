@@ -15,7 +15,7 @@ import pytest
 
 from engine.config import DataConfig, EvalConfig, RunConfig, TeacherConfig
 from engine.records import Attempt, Grade, Refinement
-from engine.store import read_view
+from engine.run.store import read_view
 from engine.tasks import load_file
 from tests.killing import DATASETS, datasets, duplicate_requests, example_ids, run_driver, stable_summary
 from tests.tiny import SCRIPTED_TEACHER, ScriptedTeacher

@@ -19,7 +19,7 @@ import pytest
 
 from engine.config import ClusterConfig, DataConfig, EvalConfig, RunConfig, TeacherConfig
 from engine.records import EvalResult
-from engine.store import RunStore
+from engine.run.store import RunStore
 from engine.tasks import load_file
 from engine.teacher.server import free_port
 from tests.killing import cli_flags

@@ -1,4 +1,4 @@
-"""Online PersD (engine/online.py): a second round in which the student, with its adapter,
+"""Online PersD (engine/pipeline/online.py): a second round in which the student, with its adapter,
 attempts its still-failing tasks and a fresh slice, the teacher refines the new failures, and the
 adapter trains on from itself on everything verified so far."""
 from __future__ import annotations
@@ -8,9 +8,9 @@ import json
 import pytest
 
 from engine.config import DataConfig, EvalConfig, RunConfig, TeacherConfig
-from engine.online import round_tasks
+from engine.pipeline.online import round_tasks
 from engine.records import Attempt, Example, Grade, Refinement
-from engine.store import RunStore, content_hash
+from engine.run.store import RunStore, content_hash
 from engine.tasks import BUILTIN_PATH, load_file
 from tests.tiny import SCRIPTED_TEACHER, ScriptedTeacher
 from train.config import TrainConfig

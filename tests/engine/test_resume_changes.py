@@ -15,7 +15,7 @@ import pytest
 
 from engine.config import DataConfig, EvalConfig, RunConfig, TeacherConfig
 from engine.records import Refinement
-from engine.store import read_view
+from engine.run.store import read_view
 from engine.tasks import load_file
 from tests.tiny import SCRIPTED_TEACHER, ScriptedTeacher
 from train.config import TrainConfig

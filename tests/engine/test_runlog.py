@@ -6,8 +6,8 @@ import io
 import json
 import time
 
-from engine import runlog
-from engine.runlog import Progress
+from engine.run import runlog
+from engine.run.runlog import Progress
 
 
 def test_plain_progress_is_periodic_and_never_quiet(tmp_path):

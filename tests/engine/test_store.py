@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.store import RunInUse, RunStore, content_hash, fingerprint, read_view
+from engine.run.store import RunInUse, RunStore, content_hash, fingerprint, read_view
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,7 +36,7 @@ def run_py(code: str, env_extra: dict | None = None, timeout: float = 60) -> sub
 WRITER = """
     import sys
     from dataclasses import dataclass
-    from engine.store import RunStore
+    from engine.run.store import RunStore
 
     @dataclass(frozen=True)
     class Rec:
@@ -103,7 +103,7 @@ def test_one_driver_per_run_directory(tmp_path):
 def test_a_kill_mid_export_keeps_the_previous_view(tmp_path):
     code = f"""
         from dataclasses import dataclass
-        from engine.store import RunStore
+        from engine.run.store import RunStore
 
         @dataclass(frozen=True)
         class Rec:
@@ -150,7 +150,7 @@ def test_the_watchdog_kills_what_a_sigkilled_driver_started(tmp_path):
     pids = tmp_path / "pids"
     code = f"""
         import subprocess, time
-        from engine.reaper import Reaper
+        from engine.run.reaper import Reaper
         Reaper().start()
         a = subprocess.Popen(["sleep", "300"], start_new_session=True)
         b = subprocess.Popen(["sh", "-c", "sleep 300 & sleep 300"], start_new_session=True)
@@ -176,7 +176,7 @@ def test_the_watchdog_kills_what_a_sigkilled_driver_started(tmp_path):
 
 
 def test_the_watchdog_spares_the_driver_and_what_it_did_not_start():
-    from engine.reaper import Reaper
+    from engine.run.reaper import Reaper
 
     before = subprocess.Popen(["sleep", "30"])
     with Reaper():

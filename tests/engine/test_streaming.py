@@ -1,4 +1,4 @@
-"""Streaming execution (engine/streaming.py): the same records as the staged pass, in the same
+"""Streaming execution (engine/pipeline/streaming.py): the same records as the staged pass, in the same
 order, whatever order the chunks finish in; and a streamed run killed mid-way resumes to the
 same result without asking the teacher anything twice."""
 from __future__ import annotations

@@ -25,8 +25,8 @@ from engine import stages
 
 
 def stream(pipe, inputs):
-    """(Attempts, the eval-before summary, TeacherWork) for `pipe` (an engine.pipeline.Pipeline)."""
-    from engine.pipeline import Attempts, TeacherWork
+    """(Attempts, the eval-before summary, TeacherWork) for `pipe` (an engine.pipeline.staged.Pipeline)."""
+    from engine.pipeline.staged import Attempts, TeacherWork
     from engine.teacher.endpoint import teacher_endpoint
 
     cfg, run, tc = pipe.cfg, pipe.run, pipe.cfg.teacher

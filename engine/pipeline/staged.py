@@ -8,7 +8,7 @@
     datasets = build(verified)            5 PersD, PersD-refine, PersD-combined, StanD, InpD
     adapter  = train(datasets)            6 LoRA fine-tune in its own process
     after    = evaluate("eval-after")     7b the student with its adapter
-               online(...)                   optional online rounds (engine/online.py)
+               online(...)                   optional online rounds (engine/pipeline/online.py)
     summary.json                          8 report
 
 Each step is a stage of `engine/stages/` through the run store, so a resumed run skips what is
@@ -25,10 +25,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from common.errors import EmptyDataset
-from engine import personal, runlog, stages
+from engine import stages
 from engine.config import RunConfig
 from engine.records import Attempt, Example, Grade, Refinement, Task
-from engine.store import RunStore
+from engine.run import runlog
+from engine.run.store import RunStore
+from engine.stages import personal
 from engine.summary import AttemptCounts, EvalInfo, RunSummary, StudentInfo, TeacherCounts, TeacherSummary
 
 # Training tasks per student submission: large enough that vLLM's continuous batching stays
@@ -224,9 +226,9 @@ class Pipeline:
         return work
 
     def stream(self, inputs: Inputs) -> tuple[Attempts, object, TeacherWork]:
-        """1-4 streamed (engine/streaming.py): the same stage units chunk by chunk, the
+        """1-4 streamed (engine/pipeline/streaming.py): the same stage units chunk by chunk, the
         teacher's chunks concurrent with the student's next chunks and its evaluation."""
-        from engine.streaming import stream
+        from engine.pipeline.streaming import stream
 
         tried, before, work = stream(self, inputs)
         return self.count_attempts(inputs, tried), before, work
@@ -274,7 +276,7 @@ class Pipeline:
                verified: dict[str, Grade], datasets: dict[str, list[Example]], adapter: Path,
                after) -> None:
         """Online rounds: the adapted student tries again, the teacher refines, it trains on."""
-        from engine.online import round_row, run_online
+        from engine.pipeline.online import round_row, run_online
         from engine.tasks.overlap import load_pool
 
         cfg, examples = self.cfg, datasets[self.cfg.dataset]
@@ -361,7 +363,7 @@ class Pipeline:
     def write_report(self) -> None:
         """report.md and its plots; a report that cannot be drawn never fails a finished run
         (`python -m engine.report RUN` rebuilds it)."""
-        from engine.report import build
+        from engine.pipeline.report import build
 
         try:
             path = build(self.run.path)

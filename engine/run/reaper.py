@@ -13,7 +13,7 @@ When the driver exits for any reason (the watchdog waits on a pidfd), it SIGKILL
 recorded descendant still alive, every holder of the token, and all their descendants, until
 three scans in a row find none. Sandbox workers are bubblewrap jails (--die-with-parent).
 
-    python -m engine.reaper DRIVER_PID TOKEN     (started by `Reaper.start`, not by hand)
+    python -m engine.run.reaper DRIVER_PID TOKEN     (started by `Reaper.start`, not by hand)
 """
 from __future__ import annotations
 
@@ -132,7 +132,7 @@ class Reaper:
         self._saved = os.environ.get(ENV)
         env = {k: v for k, v in os.environ.items() if k != ENV}  # the watchdog holds no token
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "engine.reaper", str(os.getpid()), self.token], env=env,
+            [sys.executable, "-m", "engine.run.reaper", str(os.getpid()), self.token], env=env,
             stdin=subprocess.DEVNULL, start_new_session=True)  # a Ctrl-C does not reach it
         os.environ[ENV] = self.token
         return self

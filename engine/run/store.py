@@ -35,9 +35,9 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 import orjson
 
 from common.errors import RunInUse  # noqa: F401 (raised here)
-from engine import faults
 from engine.records import from_dict, from_json, to_json
-from engine.runlog import Progress
+from engine.run import faults
+from engine.run.runlog import Progress
 
 T = TypeVar("T")
 R = TypeVar("R")
