@@ -28,6 +28,18 @@ def setting(default: Any, help: str) -> Any:
 
 # ------------------------------------------------------------------------------ load and override
 
+def pairs(text: str, where: str, form: str = "NAME=VALUE") -> list[tuple[str, str]]:
+    """A setting written `a=1,b=2` -> [("a", "1"), ("b", "2")]; a pair without `=` or with an
+    empty side is an error naming the setting and the expected form."""
+    out = []
+    for pair in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = (x.strip() for x in pair.partition("="))
+        if not sep or not name or not value:
+            raise ConfigError(f"{where}: {pair!r} is not {form}")
+        out.append((name, value))
+    return out
+
+
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     """Turn a TOML or CLI value into the field's type, naming the field on error."""
     origin = typing.get_origin(tp)

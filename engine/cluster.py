@@ -20,21 +20,22 @@ import os
 import subprocess
 from typing import Sequence
 
+from common.config import pairs
 from common.errors import ConfigError
 
 
 def parse_resources(text: str, where: str) -> dict[str, float]:
     """`student=1,fast_disk=0.5` -> {"student": 1.0, "fast_disk": 0.5}."""
+    form = "NAME=AMOUNT with AMOUNT > 0"
     out = {}
-    for pair in filter(None, (p.strip() for p in text.split(","))):
-        name, sep, amount = pair.partition("=")
+    for name, amount in pairs(text, where, form):
         try:
             value = float(amount)
         except ValueError:
             value = -1.0
-        if not sep or not name.strip() or value <= 0:
-            raise ConfigError(f"{where}: {pair!r} is not NAME=AMOUNT with AMOUNT > 0")
-        out[name.strip()] = value
+        if value <= 0:
+            raise ConfigError(f"{where}: '{name}={amount}' is not {form}")
+        out[name] = value
     return out
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from common.config import add_config_args as _add_config_args
-from common.config import check_choices, setting, to_dict  # noqa: F401 (to_dict: part of this module's API)
+from common.config import check_choices, pairs, setting, to_dict  # noqa: F401 (to_dict: part of this module's API)
 from common.config import config_from_args as _config_from_args
 from common.errors import ConfigError
 from sandbox.config import SandboxConfig
@@ -199,6 +199,8 @@ class DataConfig:
                          "ships), builtin-heldout, or a task file")
     eval_limit: int = _f(0, "evaluate on the first N held-out tasks (0 = all)")
 
+    def __post_init__(self) -> None:
+        pairs(self.columns, "data.columns", "FIELD=COLUMN")   # a bad mapping fails here, not later
 
 @dataclass(frozen=True)
 class EvalConfig:

@@ -33,7 +33,7 @@ from sandbox.parse import Parsed, names_for, parse_test
 from sandbox.plan import SHIP, ExecPlan, Plan, SplitPlan, plan_test
 from sandbox.records import Program, Status
 from sandbox.remote import Namespace, Opaque, Raised, Remote, Unsendable, label, raised_type, sendable
-from sandbox.values import decode, encode, equal
+from sandbox.values import decode, encode, equal, tags
 from sandbox.verdict import Run, TestResult, exception_text
 
 MAX_SHOW = 300   # characters of an output shown in feedback
@@ -172,7 +172,7 @@ class Judge:
             ok = equal(left_raw, right_raw)
         except (TypeError, ValueError, IndexError, KeyError, AttributeError) as exc:
             raise Corrupt(f"malformed output encoding ({exc!r})") from None
-        if not ok and _opaque_in(right_raw) and not isinstance(right, Remote):
+        if not ok and "opaque" in tags(right_raw) and not isinstance(right, Remote):
             # The test's own object judges (pytest.approx and the like): trusted code, on the
             # decoded output.
             if left is _UNSET:
@@ -330,16 +330,6 @@ class Judge:
         if encoded[0] == "toolarge" and len(encoded) == 2 and type(encoded[1]) is str:
             return Remote(self, None, f"too large {encoded[1][:200]}")
         raise ValueError(f"unexpected reference {encoded[0]!r}")
-
-
-def _opaque_in(encoded: Any) -> bool:
-    if encoded[0] == "opaque":
-        return True
-    if encoded[0] in ("list", "tuple", "set", "frozenset"):
-        return any(_opaque_in(item) for item in encoded[1])
-    if encoded[0] == "dict":
-        return any(_opaque_in(k) or _opaque_in(v) for k, v in encoded[1])
-    return False
 
 
 def _field(message: dict, name: str) -> str:

@@ -141,6 +141,18 @@ def _canonical(encoded: Encoded) -> bytes:
     return orjson.dumps(encoded)
 
 
+def tags(encoded: Encoded) -> set[str]:
+    """Every tag in an encoding, containers' contents included (e.g. is an opaque value in it?)."""
+    out = {encoded[0]}
+    if encoded[0] in ("list", "tuple", "set", "frozenset"):
+        for item in encoded[1]:
+            out |= tags(item)
+    elif encoded[0] == "dict":
+        for k, v in encoded[1]:
+            out |= tags(k) | tags(v)
+    return out
+
+
 # ---------------------------------------------------------------------------------- decoding
 
 Ref = Callable[[list], Any]   # an encoded reference (["ref", ...] or ["name", ...]) -> an object

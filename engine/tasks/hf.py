@@ -14,19 +14,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.errors import ConfigError, MissingFile, TaskFileError
+from common.config import pairs
+from common.errors import MissingFile, TaskFileError
 from engine.records import Task
 
 
 def parse_columns(columns: str) -> dict[str, str]:
     """`field=column,field=column` -> {field: column}."""
-    out = {}
-    for pair in filter(None, (p.strip() for p in columns.split(","))):
-        field, sep, column = pair.partition("=")
-        if not sep or not field.strip() or not column.strip():
-            raise ConfigError(f"data.columns: {pair!r} is not FIELD=COLUMN")
-        out[field.strip()] = column.strip()
-    return out
+    return dict(pairs(columns, "data.columns", "FIELD=COLUMN"))
 
 
 def open_dataset(path: str | Path):

@@ -137,7 +137,7 @@ def probe(task: Task, code: str, call: str, pid: str, timeout_s: float) -> Progr
 
 def literal(encoded: list, max_chars: int) -> tuple[str | None, str]:
     """(a Python literal for the encoded output, "") or (None, why not)."""
-    if _tags(encoded) & {"opaque", "ref", "toolarge"}:
+    if values.tags(encoded) & {"opaque", "ref", "toolarge"}:
         return None, "no stable representation"
     try:
         value = values.decode(encoded, _no_refs)
@@ -162,18 +162,6 @@ def _evaluate(literal_text: str):
 
 def _no_refs(encoded: list):
     raise ValueError("a reference")
-
-
-def _tags(encoded: list) -> set[str]:
-    """Every tag in an encoded value (sandbox/values.py's layout)."""
-    out = {encoded[0]}
-    if encoded[0] in ("list", "tuple", "set", "frozenset"):
-        for x in encoded[1]:
-            out |= _tags(x)
-    elif encoded[0] == "dict":
-        for k, v in encoded[1]:
-            out |= _tags(k) | _tags(v)
-    return out
 
 
 def _canonical(encoded: list) -> bytes:

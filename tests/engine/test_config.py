@@ -91,6 +91,12 @@ def test_user_errors_are_one_line_and_exit_2(argv, message):
     (lambda: parse(["--train.method", "lroa"]), "train.method: 'lroa' is not one of lora, full"),
     (lambda: TrainConfig(bf16="yes"), "train.bf16: 'yes' is not one of auto, true, false"),
     (lambda: TeacherConfig(api="chat-completions"), "teacher.api: 'chat-completions' is not one"),
+    (lambda: parse(["--student.resources", "student"]),
+     "student.resources: 'student' is not NAME=AMOUNT with AMOUNT > 0"),
+    (lambda: parse(["--cluster.sandbox_resources", "sandbox=0"]),
+     "cluster.sandbox_resources: 'sandbox=0' is not NAME=AMOUNT with AMOUNT > 0"),
+    (lambda: parse(["--data.columns", "prompt=question,tests="]),
+     "data.columns: 'tests=' is not FIELD=COLUMN"),
     (lambda: parse(["--student.engine_process", "inline", "--student.tensor_parallel_size", "2"]),
      "student.engine_process: inline runs one worker; tensor_parallel_size 2 needs separate"),
 ])
