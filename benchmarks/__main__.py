@@ -40,6 +40,8 @@ BENCHMARKS: dict[str, tuple[list[str], str, float]] = {
     "student": ([PY, "benchmarks/bench_student.py", "--prompts", "8", "--n", "10",
                  "--max-tokens", "128", "--hf-single", "1", "--hf-batch", "4"],
                 "student vLLM pool vs HF generate one at a time and batched", 4.0),
+    "engine-start": ([PY, "benchmarks/bench_engine_start.py", "--rounds", "1", "--prompts", "16"],
+                     "student engine start and tokens/s: separate vs inline processes", 3.0),
     "train": ([PY, "benchmarks/bench_train.py", "--steps", "4"],
               "LoRA trainer vs HF Trainer full fine-tune: tokens/s, peak RSS", 4.0),
     "lora": ([PY, "benchmarks/bench_lora.py", "--prompts", "8", "--max-tokens", "96"],
