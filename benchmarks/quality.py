@@ -304,9 +304,9 @@ def main() -> None:
         elif s == "train":
             step_train(cfg, out, variants)
         elif s == "eval":
+            trained = adapters(Path(cfg.run_dir))
             evaluate_rows(cfg, mbpp, args.mbpp_tasks,
-                          {"base": None, **{v: a for v, a in adapters(Path(cfg.run_dir)).items()
-                                            if v in variants}})
+                          {"base": None, **{v: trained[v] for v in variants if v in trained}})
         elif s == "ceiling":
             evaluate_rows(cfg, mbpp, args.mbpp_tasks, {"teacher": None},
                           model=str(resolve_model(cfg.teacher.model)))

@@ -14,7 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from common.config import add_config_args as _add_config_args
-from common.config import check_choices, pairs, setting, to_dict  # noqa: F401 (to_dict: part of this module's API)
+from common.config import (
+    check_choices,
+    pairs,
+    setting,
+    to_dict,  # noqa: F401 (part of this module's API)
+)
 from common.config import config_from_args as _config_from_args
 from common.errors import ConfigError
 from sandbox.config import SandboxConfig

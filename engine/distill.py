@@ -43,7 +43,8 @@ def _flat(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-NOT_SETTINGS = ("run_dir", "on_change")  # how to run, not what is computed
+# how to run, not what is computed
+NOT_SETTINGS = ("run_dir", "on_change", "student.engine_process")
 
 
 def changed_settings(old: dict | None, new: dict) -> list[str]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import ast
 import copy
-import functools
 import gzip
 import hashlib
 import re
@@ -253,12 +252,10 @@ def detect_format(d: dict) -> str:
 _PARSERS = {"humaneval": _from_humaneval, "mbpp": _from_mbpp, "plain": _from_plain}
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        for i, line in enumerate(f, 1):
-            if line.strip():
-                yield i, line
+def _lines(data: bytes) -> Iterator[tuple[int, bytes]]:
+    for i, line in enumerate(data.splitlines(), 1):
+        if line.strip():
+            yield i, line
 
 
 def load_file(path: str | Path, verify_seen: bool = True, require_tests: bool = True
@@ -269,22 +266,27 @@ def load_file(path: str | Path, verify_seen: bool = True, require_tests: bool = 
     path = Path(path)
     if not path.exists():
         raise MissingFile(f"task file {path} does not exist")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    raw = path.read_bytes()
     # the same file read again in this process (an evaluation after the run's own load, the
-    # quality table's rows) is parsed and its seen tests verified once
-    return list(_parsed(str(path), digest, verify_seen, require_tests))
+    # quality table's rows) is parsed and its seen tests verified once, keyed by its content
+    key = (str(path), hashlib.sha256(raw).hexdigest(), verify_seen, require_tests)
+    if key not in _PARSED:
+        data = gzip.decompress(raw) if path.suffix == ".gz" else raw
+
+        def records() -> Iterator[tuple[str, object]]:
+            for lineno, line in _lines(data):
+                where = f"{path}:{lineno}"
+                try:
+                    yield where, orjson.loads(line)
+                except orjson.JSONDecodeError as e:
+                    raise TaskFileError(f"{where}: malformed JSON ({e})") from None
+        _PARSED[key] = tuple(parse_records(records(), str(path), verify_seen, require_tests))
+        while len(_PARSED) > 16:
+            _PARSED.pop(next(iter(_PARSED)))
+    return list(_PARSED[key])
 
 
-@functools.lru_cache(maxsize=16)
-def _parsed(path: str, digest: str, verify_seen: bool, require_tests: bool) -> tuple[Task, ...]:
-    def records() -> Iterator[tuple[str, object]]:
-        for lineno, line in _lines(Path(path)):
-            where = f"{path}:{lineno}"
-            try:
-                yield where, orjson.loads(line)
-            except orjson.JSONDecodeError as e:
-                raise TaskFileError(f"{where}: malformed JSON ({e})") from None
-    return tuple(parse_records(records(), path, verify_seen, require_tests))
+_PARSED: dict[tuple, tuple[Task, ...]] = {}   # load_file's memo, oldest first
 
 
 def parse_records(records: Iterable[tuple[str, object]], source: str, verify_seen: bool = True,

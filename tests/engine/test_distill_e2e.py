@@ -128,7 +128,7 @@ def test_personalisation_is_measured_and_stand_matched_has_persd_size(e2e):
 
 def test_the_run_ends_with_a_report_of_its_own_numbers(e2e):
     """report.md holds every section with the run's real numbers, and its plots are PNGs;
-    `python -m engine.pipeline.report` rebuilds it, and compares runs side by side."""
+    `python -m engine.report` rebuilds it, and compares runs side by side."""
     import subprocess
     import sys
 
@@ -146,7 +146,7 @@ def test_the_run_ends_with_a_report_of_its_own_numbers(e2e):
         png = (run.path / f"report-{name}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000, name
     (run.path / "report.md").unlink()
-    done = subprocess.run([sys.executable, "-m", "engine.pipeline.report", str(run.path), str(run.path),
+    done = subprocess.run([sys.executable, "-m", "engine.report", str(run.path), str(run.path),
                            "--out", str(run.path / "compare.md")], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr

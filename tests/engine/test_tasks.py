@@ -71,12 +71,18 @@ def test_bad_task_files_name_file_and_line(tmp_path, content, message):
     assert str(path) in str(err.value) and message in str(err.value)
 
 
-def test_a_file_read_again_is_reparsed_only_when_its_content_changed(tmp_path):
+def test_a_file_read_again_is_reparsed_only_when_its_content_changed(tmp_path, monkeypatch):
     """Loads are memoised by content: an edit in place (same size, same second) is seen."""
+    from engine.tasks import loaders
+
+    parsed = []
+    real = loaders.parse_records
+    monkeypatch.setattr(loaders, "parse_records", lambda *a: parsed.append(1) or real(*a))
     path = tmp_path / "tasks.jsonl"
     path.write_text(PLAIN)
     first = load_file(path)
     assert load_file(path) == first and load_file(path) is not first  # a copy, not the cache
+    assert len(parsed) == 1
     path.write_text(PLAIN.replace("f(1) == 2", "f(1) == 3"))
     assert "f(1) == 3" in load_file(path)[0].tests[0].source
 

@@ -22,9 +22,7 @@ from tests.faulty_server import FaultyServer
 def vllm_server(tiny_model, tmp_path_factory):
     log = tmp_path_factory.mktemp("server") / "server.log"
     with LocalServer(str(tiny_model), "tiny", log, kv_cache_gb=1, max_model_len=1024,
-                     startup_s=600,
-                     # uni: the worker runs in the engine core's process (one vLLM import less)
-                     extra_args=("--enforce-eager", "--distributed-executor-backend", "uni")) as url:
+                     startup_s=600, extra_args=("--enforce-eager",)) as url:
         yield url
 
 

@@ -154,7 +154,7 @@ asyncio.run(teacher.complete_many([[{"role": "user", "content": f"task {i}"}] fo
 def test_resume_after_sigkill_repeats_no_paid_call(tmp_path):
     cache = tmp_path / "cache.jsonl"
     requests = [ask(f"task {i}") for i in range(30)]
-    with FaultyServer(latency_s=0.1) as server:
+    with FaultyServer(latency_s=0.15) as server:
         child = subprocess.Popen([sys.executable, "-c", CHILD, server.url, str(cache)], cwd=ROOT,
                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
         deadline = time.monotonic() + 30
