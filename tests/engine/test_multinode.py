@@ -31,10 +31,15 @@ ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = textwrap.dedent("""
     import json, sys
     from ray.cluster_utils import Cluster
+    ports = iter(int(p) for p in sys.argv[1:])
+    # every agent on a port of its own: another Ray on this machine (the test session's) holds
+    # the default 52365, and a head without its agent accepts no job
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1",
-        "dashboard_port": int(sys.argv[1])})     # the dashboard serves job submission
-    nodes = {name: cluster.add_node(num_cpus=1, resources={name: 1})
+        "dashboard_port": next(ports),      # the dashboard serves job submission
+        "dashboard_agent_listen_port": next(ports)})
+    nodes = {name: cluster.add_node(num_cpus=1, resources={name: 1},
+                                    dashboard_agent_listen_port=next(ports))
              for name in ("student", "sandbox", "trainer")}
     cluster.wait_for_nodes()
     print(json.dumps({"address": cluster.address, "head": cluster.head_node.node_id,
@@ -46,10 +51,12 @@ CLUSTER = textwrap.dedent("""
 
 @pytest.fixture
 def cluster(tmp_path):
-    port = free_port()
+    ports = [free_port() for _ in range(5)]
     env = {**os.environ, "RAY_AUTH_MODE": "token"}   # Ray 2.60's job server wants it
-    proc = subprocess.Popen([sys.executable, "-c", CLUSTER, str(port)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
+    proc = subprocess.Popen([sys.executable, "-c", CLUSTER, *map(str, ports)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            cwd=tmp_path, env=env)
+    port = ports[0]
     try:
         line = proc.stdout.readline()
         assert line, "the Ray cluster did not start"
