@@ -360,6 +360,10 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_choices(self)
+        if self.online_rounds and self.data.synthesize:
+            raise ConfigError("data.synthesize: online rounds take fresh tasks from the whole "
+                              "pool, which this run does not synthesise; run python -m "
+                              "engine.synthesize first and train on its tasks.jsonl")
         if self.stream_chunk < 1 or self.stream_teacher_chunks < 1:
             raise ConfigError("stream_chunk and stream_teacher_chunks: must be >= 1")
         if self.online_rounds < 0:

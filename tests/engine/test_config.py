@@ -97,6 +97,8 @@ def test_user_errors_are_one_line_and_exit_2(argv, message):
      "cluster.sandbox_resources: 'sandbox=0' is not NAME=AMOUNT with AMOUNT > 0"),
     (lambda: parse(["--data.columns", "prompt=question,tests="]),
      "data.columns: 'tests=' is not FIELD=COLUMN"),
+    (lambda: parse(["--data.synthesize", "true", "--online_rounds", "2"]),
+     "data.synthesize: online rounds take fresh tasks from the whole pool"),
     (lambda: parse(["--student.engine_process", "inline", "--student.tensor_parallel_size", "2"]),
      "student.engine_process: inline runs one worker; tensor_parallel_size 2 needs separate"),
 ])
