@@ -14,7 +14,6 @@ directory resumes: teacher replies come from the cache and sandbox runs from the
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import json
 import sys
@@ -28,9 +27,7 @@ from engine.run.store import RunStore
 def synthesize(cfg: SynthesizeConfig) -> dict:
     """The run: load, synthesise, write; returns the summary."""
     from engine.tasks import load_tasks
-    from engine.tasks.synthesize import Synthesizer, write_outputs
-    from engine.teacher import Usage
-    from engine.teacher.endpoint import teacher_endpoint
+    from engine.tasks.synthesize import synthesize_into
     from sandbox.pool import SandboxPool
 
     tasks = load_tasks(cfg.tasks, cfg.limit, verify_seen=False, columns=cfg.columns,
@@ -38,21 +35,8 @@ def synthesize(cfg: SynthesizeConfig) -> dict:
     if cfg.strip_tests:
         tasks = [dataclasses.replace(t, tests=(), seen_tests=()) for t in tasks]
     out = Path(cfg.out)
-    with RunStore(out) as run, SandboxPool(cfg.sandbox) as sandbox, \
-            teacher_endpoint(cfg, run) as endpoint:
-        teacher = endpoint.teacher(cfg.teacher, out / "teacher-cache.jsonl")
-        asyncio.run(teacher.check_reachable())
-        synth = Synthesizer(cfg.synth, run, teacher, sandbox)
-        kept, reports = synth(tasks)
-        usage = teacher.usage.get("synth", Usage())
-        # tokens of every reply used, whether paid now or by an earlier invocation
-        pt = sum(r.prompt_tokens for r in synth.replies)
-        ct = sum(r.completion_tokens for r in synth.replies)
-        return write_outputs(out, kept, reports, endpoint.model, {
-            "model": endpoint.model, "prompt_tokens": pt, "completion_tokens": ct,
-            "cost_usd": round(teacher.cost(pt, ct), 6),
-            "calls_sent_this_run": teacher.calls, "answered_from_cache": usage.cached,
-            "spent_usd_this_run": round(teacher.spent_usd, 6)})
+    with RunStore(out) as run, SandboxPool(cfg.sandbox) as sandbox:
+        return synthesize_into(cfg, run, sandbox, tasks, out, this_run=True)[1]
 
 
 def main(argv: list[str] | None = None) -> None:

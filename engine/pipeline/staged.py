@@ -173,23 +173,12 @@ class Pipeline:
         """0: checked tests for the tasks that have none (engine/tasks/synthesize.py), before
         the student starts (the local teacher and the student share the machine); tasks whose
         tests are not kept are left out. The report goes to RUN/synthesis/."""
-        from engine.tasks.synthesize import Synthesizer, write_outputs
-        from engine.teacher.endpoint import teacher_endpoint
+        from engine.tasks.synthesize import synthesize_into
 
-        run = self.run
         need = [t for t in pool if not t.tests]
-        with teacher_endpoint(self.cfg, run, self.clock) as endpoint:
-            teacher = endpoint.teacher(self.cfg.teacher, Path(run.path) / "teacher-cache.jsonl")
-            asyncio.run(teacher.check_reachable())
-            synth = Synthesizer(self.cfg.synth, run, teacher, self.sandbox)
-            kept, reports = synth(need)
-        pt = sum(r.prompt_tokens for r in synth.replies)
-        ct = sum(r.completion_tokens for r in synth.replies)
-        out = Path(run.path) / "synthesis"
-        out.mkdir(exist_ok=True)
-        self.summary.synthesis = write_outputs(out, kept, reports, endpoint.model, {
-            "model": endpoint.model, "prompt_tokens": pt, "completion_tokens": ct,
-            "cost_usd": round(teacher.cost(pt, ct), 6)})
+        out = Path(self.run.path) / "synthesis"
+        kept, self.summary.synthesis = synthesize_into(self.cfg, self.run, self.sandbox, need,
+                                                       out, self.clock)
         with_tests = {t.task_id: t for t in kept}
         print(f"[distill] synthesised tests: kept {len(kept)} of {len(need)} tasks without "
               f"tests (report: {out})", file=sys.stderr, flush=True)

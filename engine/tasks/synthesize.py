@@ -396,3 +396,32 @@ def write_outputs(out: Path, tasks: Sequence[Task], reports: Sequence[TaskReport
                "teacher": cost}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def synthesize_into(cfg, run: RunStore, sandbox, tasks: Sequence[Task], out: Path,
+                    timed=None, this_run: bool = False) -> tuple[list[Task], dict]:
+    """Synthesis as `python -m engine.synthesize` and a run's first step both do it: the
+    teacher `cfg` names (a local server is started and stopped here), the cache in the run's
+    directory, the outputs written into `out`; returns the kept tasks and the summary. The
+    tokens are those of every reply used, whether paid now or by an earlier invocation;
+    `this_run` adds what this invocation sent (differs between a run and its resume)."""
+    import asyncio
+
+    from engine.teacher import Usage
+    from engine.teacher.endpoint import teacher_endpoint
+
+    with teacher_endpoint(cfg, run, timed) as endpoint:
+        teacher = endpoint.teacher(cfg.teacher, Path(run.path) / "teacher-cache.jsonl")
+        asyncio.run(teacher.check_reachable())
+        synth = Synthesizer(cfg.synth, run, teacher, sandbox)
+        kept, reports = synth(tasks)
+    pt = sum(r.prompt_tokens for r in synth.replies)
+    ct = sum(r.completion_tokens for r in synth.replies)
+    cost = {"model": endpoint.model, "prompt_tokens": pt, "completion_tokens": ct,
+            "cost_usd": round(teacher.cost(pt, ct), 6)}
+    if this_run:
+        cost |= {"calls_sent_this_run": teacher.calls,
+                 "answered_from_cache": teacher.usage.get("synth", Usage()).cached,
+                 "spent_usd_this_run": round(teacher.spent_usd, 6)}
+    out.mkdir(parents=True, exist_ok=True)
+    return kept, write_outputs(out, kept, reports, endpoint.model, cost)
