@@ -337,14 +337,14 @@ class RunConfig:
     execution: Literal["staged", "streaming"] = _f(
         "staged", "staged: each stage over every task, then the next (the student is released "
         "before the teacher starts: they fit one small machine in turn). streaming: the "
-        "training tasks go through in chunks of stream_chunk, each chunk's failures to the "
-        "teacher as soon as they are graded, while the student samples the next chunk and "
-        "then the held-out evaluation; for a remote teacher, or a machine that holds the "
-        "student and the teacher server at once")
-    stream_chunk: int = _f(16, "streaming: training tasks per chunk")
-    stream_teacher_chunks: int = _f(8, "streaming: chunks the teacher works on at once (their "
-                                    "requests share teacher.concurrency); more chunks wait, so "
-                                    "the student is held back when the teacher falls behind")
+        "student samples every training task in one batch whose finished samples are graded "
+        "as they come; every stream_chunk graded tasks go to the teacher at once, while the "
+        "student samples on and then runs the held-out evaluation; for a remote teacher, or "
+        "a machine that holds the student and the teacher server at once")
+    stream_chunk: int = _f(16, "streaming: graded training tasks the teacher gets as one unit")
+    stream_teacher_chunks: int = _f(8, "streaming: units the teacher works on at once (their "
+                                    "requests share teacher.concurrency); while all are busy "
+                                    "the next waits, and graded samples queue")
     online_rounds: int = _f(0, "online PersD: after the fine-tune, rounds in which the student "
                             "with its adapter attempts its still-failing tasks and the next "
                             "data.train_limit tasks of the pool, the teacher refines the new "

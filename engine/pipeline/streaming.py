@@ -1,16 +1,19 @@
-"""Streaming execution of stages 1-4: the same stage units as the staged pass, chunk by chunk.
+"""Streaming execution of stages 1-4: the same stage units as the staged pass, overlapped.
 
     python -m engine.distill --execution streaming --teacher.base_url URL
 
-The training tasks go through in chunks of `stream_chunk`. The student samples a chunk and the
-sandbox grades it; its failures go to the teacher at once (refine rounds, verification, and the
-chunk's StanD answers), on one of `stream_teacher_chunks` worker threads, while the student goes
-on with the next chunk and then with the held-out evaluation. Every worker's requests share one
-teacher session (`Teacher.shared`: one concurrency limit, one circuit, one connection pool), and
-every job commits to the run store as it finishes, exactly as in the staged pass, so a kill loses
-only the work in flight and a resumed run (in either mode) reuses everything committed. When all
-workers are busy the student waits for one (back-pressure), so no more than
-`stream_teacher_chunks` chunks are ever waiting on the teacher.
+The student gets every training task in one batch (vLLM keeps it full) and its finished samples
+stream back as the engine finishes them (`StudentPool.generate_stream`). Each finished group is
+committed, graded in the sandbox at once, and its tasks queue for the teacher; every
+`stream_chunk` graded tasks go to the teacher as one unit of work (refine rounds with
+verification, and the tasks' StanD answers) on one of `stream_teacher_chunks` worker threads,
+while the student samples on and then runs the held-out evaluation. Every worker's requests
+share one teacher session (`Teacher.shared`: one concurrency limit, one circuit, one connection
+pool), and every job commits to the run store as it finishes, exactly as in the staged pass, so
+a kill loses only the work in flight and a resumed run (in either mode) reuses everything
+committed. When all workers are busy the driver waits for one (back-pressure: at most
+`stream_teacher_chunks` units wait on the teacher; the student's finished samples queue in
+Ray's object store meanwhile).
 
 Same records, same ids, same fingerprints as the staged pass: a streamed run's datasets equal a
 staged run's (tests/engine/test_streaming.py).
@@ -18,6 +21,7 @@ staged run's (tests/engine/test_streaming.py).
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -26,18 +30,18 @@ from engine import stages
 
 def stream(pipe, inputs):
     """(Attempts, the eval-before summary, TeacherWork) for `pipe` (an engine.pipeline.staged.Pipeline)."""
-    from engine.pipeline.staged import Attempts, TeacherWork
+    from engine.pipeline.staged import ATTEMPT_BATCH, Attempts, TeacherWork
+    from engine.student import Decoding, Sampling
     from engine.teacher.endpoint import teacher_endpoint
 
-    cfg, run, tc = pipe.cfg, pipe.run, pipe.cfg.teacher
+    cfg, run, tc, st = pipe.cfg, pipe.run, pipe.cfg.teacher, pipe.cfg.student
     tasks = inputs.tasks
-    size = cfg.stream_chunk
-    chunks = [inputs.train_tasks[i:i + size] for i in range(0, len(inputs.train_tasks), size)]
     attempts, grades = {}, {}
+    queued: list[str] = []          # graded tasks not yet sent to the teacher
     refs, rounds, stand, stand_jobs = {}, [], {}, []
 
     def teach(chunk, failed, chunk_grades):
-        """One chunk's teacher work: refine rounds with verification, and its StanD answers."""
+        """One unit's teacher work: refine rounds with verification, and its StanD answers."""
         got, chunk_rounds = stages.refine_rounds(run, teacher, pipe.sandbox, failed, tasks,
                                                  chunk_grades, tc, pipe.clock)
         jobs = stages.stand_jobs(chunk) if tc.stand else []
@@ -55,34 +59,58 @@ def stream(pipe, inputs):
             stand.update(answers)
             stand_jobs.extend(jobs)
 
+    def dispatch(task_ids: list[str]) -> None:
+        """Send graded tasks to the teacher, waiting while every worker is busy."""
+        nonlocal pending
+        ids = set(task_ids)
+        mine = {i: a for i, a in attempts.items() if a.task_id in ids}
+        sub = Attempts(mine, {i: grades[i] for i in mine})
+        while len(pending) >= cfg.stream_teacher_chunks:   # back-pressure
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            collect(done)
+        pending.add(workers.submit(teach, [tasks[i] for i in task_ids], sub.failed, sub.grades))
+
+    def graded(group) -> None:
+        """A group of finished attempts (or the reused ones): grade it, queue its tasks."""
+        t0 = time.monotonic()
+        grades.update(stages.grade_stage(run, "grades", pipe.sandbox, [
+            (a.attempt_id, tasks[a.task_id], a.code) for a in group], part=True))
+        pipe.timings["2-grade"] = round(pipe.timings.get("2-grade", 0.0)
+                                        + time.monotonic() - t0, 1)
+        attempts.update((a.attempt_id, a) for a in group)
+        queued.extend(dict.fromkeys(a.task_id for a in group))
+        while len(queued) >= cfg.stream_chunk:
+            dispatch(queued[:cfg.stream_chunk])
+            del queued[:cfg.stream_chunk]
+
     with teacher_endpoint(cfg, run, pipe.clock) as endpoint:
         teacher = endpoint.teacher(tc, Path(run.path) / "teacher-cache.jsonl")
         asyncio.run(teacher.check_reachable())
         with teacher.shared(), ThreadPoolExecutor(cfg.stream_teacher_chunks,
                                                   thread_name_prefix="teach") as workers:
             pending: set[Future] = set()
-            for chunk in chunks:
-                got = pipe.attempt_tasks(inputs, chunk)
-                attempts.update(got.attempts)
-                grades.update(got.grades)
-                failed, graded = got.failed, got.grades
-                while len(pending) >= cfg.stream_teacher_chunks:   # back-pressure
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    collect(done)
-                pending.add(workers.submit(teach, chunk, failed, graded))
+            with pipe.clock("1-attempt"):
+                ordered = stages.attempt_stage(
+                    run, "attempts", pipe.pool, stages.task_jobs(inputs.train_tasks),
+                    model_id=inputs.student_id, decoding=Decoding.of(st),
+                    sampling=Sampling.attempts(st), batch=ATTEMPT_BATCH, on_records=graded)
+            if queued:
+                dispatch(queued)
             before = pipe.evaluate(inputs, "eval-before")   # while the teacher works
             done, _ = wait(pending)
             collect(done)
-    # chunks finish in any order: put every list in the staged pass's order (attempt order,
-    # then sample), so the datasets, and the adapter trained on them, do not depend on timing
+    # groups and units finish in any order: put every list in the staged pass's order (task
+    # order, then sample), so the datasets, and the adapter trained on them, do not depend on
+    # timing
+    attempts = {a.attempt_id: a for a in ordered}
+    grades = {i: grades[i] for i in attempts}
     position = {aid: i for i, aid in enumerate(attempts)}
     task_position = {t.task_id: i for i, t in enumerate(inputs.train_tasks)}
     for js in rounds:
         js.sort(key=lambda j: (position[j.attempt_id], j.chains))
     stand_jobs.sort(key=lambda j: task_position[j.task.task_id])
     tried = Attempts(attempts, grades)
-    run.export("attempts", list(attempts.values()))   # the chunks wrote partial views
-    run.export("grades", list(grades.values()))
+    run.export("grades", list(grades.values()))   # graded in pieces, written whole
     work = TeacherWork(teacher, endpoint.model, endpoint.identity,
                        [refs[i] for js in rounds for j in js for i in j.ids if i in refs],
                        [stand[j.job_id] for j in stand_jobs if j.job_id in stand], rounds,

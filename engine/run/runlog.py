@@ -40,6 +40,13 @@ def event(stage: str, kind: str, **fields) -> None:
         fh.write(line + "\n")
 
 
+def _sized(stream: TextIO) -> bool:
+    try:
+        return os.get_terminal_size(stream.fileno()).lines > 0
+    except (AttributeError, OSError, ValueError):   # no descriptor: tqdm decides
+        return True
+
+
 class Progress:
     """Progress of one loop of `total` items (`already` of them done before it started)."""
 
@@ -54,8 +61,12 @@ class Progress:
         if self.stream.isatty():
             from tqdm import tqdm
 
+            # a terminal that reports no size (a pty nobody sized: `script`, some `docker
+            # exec -t`) gets no bar at all from tqdm (0 rows hides it): assume 100 x 40 there
+            sized = _sized(self.stream)
             self.bar = tqdm(total=total, initial=already, desc=stage, unit=unit.rstrip("s"),
-                            file=self.stream, dynamic_ncols=True, mininterval=0.5)
+                            file=self.stream, dynamic_ncols=sized, ncols=None if sized else 100,
+                            nrows=None if sized else 40, mininterval=0.5)
         else:
             self._line("resuming: " + f"{already} already done" if already else "started")
         event(stage, "start", total=total, already=already)

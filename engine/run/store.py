@@ -30,7 +30,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import orjson
 
@@ -166,13 +166,18 @@ class RunStore:
 
     def stage(self, name: str, cls: type[R], items: Sequence[T], *, key: Callable[[T], str],
               fp: Callable[[T], str], rkey: Callable[[R], str],
-              compute: Callable[[list[T]], list[R]], batch: int = 64,
-              export: bool = True) -> list[R]:
+              compute: Callable[[list[T]], list[R] | Iterator[list[R]]], batch: int = 64,
+              export: bool = True, show: bool = True,
+              on_records: Callable[[list[R]], None] | None = None) -> list[R]:
         """Records of every item, in item order: reused where (key, fp) is committed, else
         computed `batch` items at a time and committed as each batch finishes.
 
         `rkey` maps a computed record to its item's key. An item that yields no record (a
-        failed teacher request) commits nothing, so a resumed run computes it again.
+        failed teacher request) commits nothing, so a resumed run computes it again. `compute`
+        may return the chunk's records, or an iterator of groups of records (every record of
+        a job in one group), each committed as it comes: a kill then loses only unfinished jobs.
+        `on_records` sees the reused records at once, then each committed group (a streaming
+        pipeline passes them on while the rest computes); `show` False: no progress bar.
         """
         faults.point(f"start:{name}")
         prints = {}
@@ -191,22 +196,33 @@ class RunStore:
         st = self.stats.setdefault(name, {"reused": 0, "computed": 0})
         st["reused"] += len(items) - len(todo)
         st["computed"] += len(todo)
-        progress = Progress(name, len(items), already=len(items) - len(todo))
+        progress = Progress(name, len(items), already=len(items) - len(todo)) if show else None
+        if on_records is not None and found:
+            on_records([r for it in items for r in found.get(key(it), ())])
         try:
             for i in range(0, len(todo), batch):
                 chunk = todo[i:i + batch]
-                by_job: dict[str, list[R]] = {}
-                for r in compute(chunk):
-                    by_job.setdefault(rkey(r), []).append(r)
-                unknown = set(by_job) - {key(it) for it in chunk}
-                if unknown:
-                    raise AssertionError(f"stage {name}: records for jobs not asked for: "
-                                         f"{sorted(unknown)[:3]}")
-                self.commit(name, [(k, prints[k], recs) for k, recs in by_job.items()])
-                found.update(by_job)
-                progress.update(len(chunk))
+                asked = {key(it) for it in chunk}
+                got = compute(chunk)
+                # a list is the chunk's records; an iterator yields groups of finished jobs'
+                # records, each committed (and counted) as it arrives
+                for group in [got] if isinstance(got, list) else got:
+                    by_job: dict[str, list[R]] = {}
+                    for r in group:
+                        by_job.setdefault(rkey(r), []).append(r)
+                    unknown = set(by_job) - asked
+                    if unknown:
+                        raise AssertionError(f"stage {name}: records for jobs not asked for: "
+                                             f"{sorted(unknown)[:3]}")
+                    self.commit(name, [(k, prints[k], recs) for k, recs in by_job.items()])
+                    found.update(by_job)
+                    if progress is not None:
+                        progress.update(len(by_job) if group is not got else len(chunk))
+                    if on_records is not None:
+                        on_records([r for recs in by_job.values() for r in recs])
         finally:
-            progress.finish()   # its heartbeat stops whether the stage finished or failed
+            if progress is not None:
+                progress.finish()   # its heartbeat stops whether the stage finished or failed
         out = [r for it in items for r in found.get(key(it), ())]
         if export:
             self.export(name, out)

@@ -48,18 +48,19 @@ def grade(sandbox, pairs: Sequence[tuple[str, Task, str]], seen_only: bool = Fal
 
 
 def grade_stage(store: RunStore, name: str, sandbox, items: Sequence[tuple[str, Task, str]],
-                seen_only: bool = False) -> dict[str, Grade]:
+                seen_only: bool = False, part: bool = False) -> dict[str, Grade]:
     """Grade (program_id, task, code) triples through the store; program id -> Grade."""
     return programs_stage(store, name, sandbox,
                           [program(sandbox.config, pid, t, code, seen_only)
-                           for pid, t, code in items])
+                           for pid, t, code in items], part)
 
 
-def programs_stage(store: RunStore, name: str, sandbox, programs: Sequence[Program]
-                   ) -> dict[str, Grade]:
+def programs_stage(store: RunStore, name: str, sandbox, programs: Sequence[Program],
+                   part: bool = False) -> dict[str, Grade]:
     """Grade Program records through the store (reused while each program's fingerprint is
-    unchanged); program id -> Grade."""
+    unchanged); program id -> Grade. `part`: a piece of a stage streamed in pieces (no
+    progress bar, no view written: the caller writes the whole view at its end)."""
     return {g.program_id: g for g in store.stage(
         name, Grade, list(programs), key=lambda p: p.program_id,
         fp=lambda p: program_fingerprint(sandbox.config, p), rkey=lambda g: g.program_id,
-        compute=sandbox.grade, batch=256)}
+        compute=sandbox.grade, batch=256, export=not part, show=not part)}

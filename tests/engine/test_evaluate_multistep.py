@@ -27,9 +27,9 @@ class Recording:
     def __init__(self, pool):
         self.pool, self.requests = pool, []
 
-    def generate(self, requests):
+    def generate_stream(self, requests):
         self.requests += requests
-        return self.pool.generate(requests)
+        return self.pool.generate_stream(requests)
 
 
 def test_rounds_use_seen_feedback_only(student_pool, student_cfg, sandbox_pool, tmp_path):

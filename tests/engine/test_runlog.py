@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import pty
 import time
 
 from engine.run import runlog
@@ -43,3 +45,17 @@ def test_a_terminal_gets_a_bar(monkeypatch):
     p.update(4)
     p.finish()
     assert "attempts" in out.getvalue() and "4/4" in out.getvalue()
+
+
+def test_a_terminal_of_no_size_still_gets_a_bar():
+    """A pty nobody sized (`script`, some `docker exec -t`) reports 0 x 0; tqdm then draws
+    nothing at all unless it is given a size."""
+    master, slave = pty.openpty()
+    with open(slave, "w") as stream:
+        p = Progress("attempts", total=4, stream=stream)
+        p.update(4)
+        p.finish()
+    os.set_blocking(master, False)
+    text = os.read(master, 65536).decode()
+    os.close(master)
+    assert "attempts" in text and "4/4" in text

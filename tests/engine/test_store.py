@@ -93,6 +93,32 @@ def test_stage_reuses_by_fingerprint_and_keeps_old_ones(tmp_path):
             stage(store, [("a", 1), ("a", 2)])
 
 
+def test_a_streamed_stage_commits_each_group_as_it_arrives(tmp_path):
+    """A compute that yields groups of finished jobs: a failure after the first group keeps
+    that group's jobs, and the rerun computes only the others."""
+    asked: list[list[str]] = []
+
+    def compute(items, fail_after=None):
+        asked.append([it for it, _ in items])
+        for n, (it, setting) in enumerate(items):
+            if n == fail_after:
+                raise RuntimeError("the engine died")
+            yield [Rec(it, i, f"{it}/{setting}") for i in range(2)]
+
+    def stage(store, items, **kw):
+        return store.stage("s", Rec, items, key=lambda it: it[0], fp=lambda it: fingerprint(it),
+                           rkey=lambda r: r.job, compute=lambda c: compute(c, **kw), batch=10)
+
+    items = [("a", 1), ("b", 1), ("c", 1)]
+    with RunStore(tmp_path) as store:
+        with pytest.raises(RuntimeError, match="engine died"):
+            stage(store, items, fail_after=2)
+        assert store.count("s") == 2                     # a and b, each committed on arrival
+        out = stage(store, items)
+        assert asked[-1] == ["c"] and [r.value for r in out] == ["a/1"] * 2 + ["b/1"] * 2 + [
+            "c/1"] * 2
+
+
 def test_one_driver_per_run_directory(tmp_path):
     with RunStore(tmp_path):
         with pytest.raises(RunInUse, match=f"pid {os.getpid()}"):
