@@ -16,6 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from engine.run.runlog import Progress
 from engine.student.cpu_env import vllm_cpu_env
 
 
@@ -68,17 +69,22 @@ class LocalServer:
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)  # stop the whole process group
         deadline = time.monotonic() + self.startup_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"teacher server exited with code {self.proc.returncode} "
-                                   f"while starting; see {self.log_path}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/models", timeout=2) as r:
-                    if r.status == 200:
-                        return self.url
-            except OSError:
-                pass
-            time.sleep(1.0)
+        waiting = Progress("teacher-start", total=1, unit="servers")   # a minute or more on CPU
+        try:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"teacher server exited with code {self.proc.returncode} "
+                                       f"while starting; see {self.log_path}")
+                try:
+                    with urllib.request.urlopen(f"{self.url}/models", timeout=2) as r:
+                        if r.status == 200:
+                            waiting.update()
+                            return self.url
+                except OSError:
+                    pass
+                time.sleep(1.0)
+        finally:
+            waiting.finish()
         self.stop()
         raise TimeoutError(f"teacher server did not come up in {self.startup_s:.0f} s; "
                            f"see {self.log_path}")
