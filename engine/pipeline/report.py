@@ -141,7 +141,7 @@ def build(run_dir: str | Path) -> Path:
                "Similarity of each example's target to the student's own attempt at the task "
                "(difflib ratio of normalised code; 1 = the same code). `closer than StanD`: the "
                "share of examples whose target is closer to the attempt than the task's "
-               "verified StanD answer.", ""]
+               "verified StanD answer (not shown for StanD itself).", ""]
         md += _table(["dataset", "examples", "target vs attempt (text / tokens / AST)",
                       "StanD vs attempt", "reference vs attempt", "closer than StanD"],
                      [[k, v.examples, " / ".join(f"{v.target_vs_attempt[m]:.2f}"
@@ -150,7 +150,7 @@ def build(run_dir: str | Path) -> Path:
                        "-" if v.stand_vs_attempt is None else f"{v.stand_vs_attempt:.2f}",
                        "-" if v.reference_vs_attempt is None
                        else f"{v.reference_vs_attempt:.2f}",
-                       "-" if v.closer_than_stand is None
+                       "-" if v.closer_than_stand is None or k.startswith("stand")
                        else f"{_pct(v.closer_than_stand)}% of {v.with_stand}"]
                       for k, v in pers.items()]) + ["", "![personalisation](report-personal.png)",
                                                     ""]
@@ -171,9 +171,14 @@ def build(run_dir: str | Path) -> Path:
     md += [f"Refinement tokens per verified example: "
            f"{tokens / ds['persd']:,.0f}" if ds.get("persd") else
            "Refinement tokens per verified example: - (none verified)",
-           "", f"Cost per training example: ${cost / examples:.4f}" if examples else "",
-           f"Cost per pass@1 point gained: ${cost / gain:.4f}" if gain and gain > 0 else
-           "Cost per pass@1 point gained: - (no gain)", ""]
+           ""]
+    if cost == 0 and tokens:
+        md += ["Cost: none billed (a local teacher, or a model without a price: "
+               "`--teacher.price_in_per_mtok` / `--teacher.price_out_per_mtok` set one).", ""]
+    else:
+        md += [f"Cost per training example: ${cost / examples:.4f}" if examples else "",
+               f"Cost per pass@1 point gained: ${cost / gain:.4f}" if gain and gain > 0 else
+               "Cost per pass@1 point gained: - (no gain)", ""]
 
     # ---- time
     times = summary.seconds_per_stage
@@ -181,8 +186,9 @@ def build(run_dir: str | Path) -> Path:
     reused = sum(v.get("reused", 0) for v in jobs.values() if isinstance(v, dict))
     computed = sum(v.get("computed", 0) for v in jobs.values() if isinstance(v, dict))
     md += ["## Where the time went", "",
-           f"Seconds of this invocation (a resumed run reused {reused:,} jobs from the run "
-           f"store and computed {computed:,}).", ""] + _table(
+           f"Seconds of this invocation, which computed {computed:,} jobs and reused {reused:,} "
+           f"from the run store (finished by an earlier invocation, or the same program "
+           f"graded twice).", ""] + _table(
         ["stage", "seconds", "share"],
         [[k, f"{v:.1f}", f"{100 * v / max(sum(times.values()), 1e-9):.0f}%"]
          for k, v in times.items()]) + ["", f"Total {sum(times.values()):.0f} s.", "",
@@ -241,13 +247,18 @@ def plots(run: Path, summary: RunSummary, funnel: list, times: dict) -> None:
     xs = range(len(labels))
     trained = any(v is not None for v in a_vals)
     width = 0.4 if trained else 0.6
-    ax.bar([x - (0.2 if trained else 0) for x in xs], b_vals, width, label="before")
+    bars = [ax.bar([x - (0.2 if trained else 0) for x in xs], b_vals, width, label="before")]
     if trained:
-        ax.bar([x + 0.2 for x in xs], [v or 0.0 for v in a_vals], width, label="after")
+        bars.append(ax.bar([x + 0.2 for x in xs], [v or 0.0 for v in a_vals], width,
+                           label="after"))
+    for b in bars:
+        ax.bar_label(b, fmt="%.1f", padding=2)
     ax.set_xticks(list(xs), labels)
+    ax.set_ylim(0, 115)          # room above 100% for the labels and the legend
+    ax.set_yticks(range(0, 101, 20))
     ax.set_ylabel("pass@1 (%)")
     ax.set_title("Held-out pass@1 before and after fine-tuning")
-    ax.legend()
+    ax.legend(loc="upper right", ncol=2, frameon=False)
     save(fig, "pass")
 
     fig, ax = plt.subplots(figsize=(6, 3.2))
