@@ -282,7 +282,15 @@ class LazyPool:
 
     def started(self) -> StudentPool:
         if self.pool is None:
-            self.pool = StudentPool(self.model, self.cfg)
+            from engine.run.runlog import Progress
+
+            # a minute on a CPU (vLLM's imports, weights, KV cache): say so, with the time
+            starting = Progress("student-start", total=1, unit="engines")
+            try:
+                self.pool = StudentPool(self.model, self.cfg)
+                starting.update()
+            finally:
+                starting.finish()
             self.nodes = list(self.pool.nodes)
         return self.pool
 
