@@ -37,6 +37,7 @@ def stream(pipe, inputs):
     cfg, run, tc, st = pipe.cfg, pipe.run, pipe.cfg.teacher, pipe.cfg.student
     tasks = inputs.tasks
     attempts, grades = {}, {}
+    of_task: dict[str, list[str]] = {}   # task id -> its attempt ids
     queued: list[str] = []          # graded tasks not yet sent to the teacher
     refs, rounds, stand, stand_jobs = {}, [], {}, []
 
@@ -62,8 +63,7 @@ def stream(pipe, inputs):
     def dispatch(task_ids: list[str]) -> None:
         """Send graded tasks to the teacher, waiting while every worker is busy."""
         nonlocal pending
-        ids = set(task_ids)
-        mine = {i: a for i, a in attempts.items() if a.task_id in ids}
+        mine = {i: attempts[i] for t in task_ids for i in of_task[t]}
         sub = Attempts(mine, {i: grades[i] for i in mine})
         while len(pending) >= cfg.stream_teacher_chunks:   # back-pressure
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -77,7 +77,9 @@ def stream(pipe, inputs):
             (a.attempt_id, tasks[a.task_id], a.code) for a in group], part=True))
         pipe.timings["2-grade"] = round(pipe.timings.get("2-grade", 0.0)
                                         + time.monotonic() - t0, 1)
-        attempts.update((a.attempt_id, a) for a in group)
+        for a in group:
+            attempts[a.attempt_id] = a
+            of_task.setdefault(a.task_id, []).append(a.attempt_id)
         queued.extend(dict.fromkeys(a.task_id for a in group))
         while len(queued) >= cfg.stream_chunk:
             dispatch(queued[:cfg.stream_chunk])
