@@ -187,22 +187,23 @@ class Pipeline:
 
     def attempt(self, inputs: Inputs) -> Attempts:
         """1-2: the student's attempts at every training task, graded."""
-        return self.count_attempts(inputs, self.attempt_tasks(inputs, inputs.train_tasks))
-
-    def attempt_tasks(self, inputs: Inputs, tasks: list[Task]) -> Attempts:
-        """1-2 for some of the training tasks (all of them, or a streamed chunk)."""
-        from engine.student import Decoding, Sampling
-
-        st, by_id = self.cfg.student, inputs.tasks
-        with self.clock("1-attempt"):
-            attempts = {a.attempt_id: a for a in stages.attempt_stage(
-                self.run, "attempts", self.pool, stages.task_jobs(tasks),
-                model_id=inputs.student_id, decoding=Decoding.of(st),
-                sampling=Sampling.attempts(st), batch=ATTEMPT_BATCH)}
+        attempts = {a.attempt_id: a for a in self.sample_attempts(inputs)}
         with self.clock("2-grade"):
             grades = stages.grade_stage(self.run, "grades", self.sandbox, [
-                (a.attempt_id, by_id[a.task_id], a.code) for a in attempts.values()])
-        return Attempts(attempts, grades)
+                (a.attempt_id, inputs.tasks[a.task_id], a.code) for a in attempts.values()])
+        return self.count_attempts(inputs, Attempts(attempts, grades))
+
+    def sample_attempts(self, inputs: Inputs, on_records=None) -> list[Attempt]:
+        """1: the student's samples for every training task, in task order; `on_records` sees
+        each finished group as it commits (the streaming pass grades it there)."""
+        from engine.student import Decoding, Sampling
+
+        st = self.cfg.student
+        with self.clock("1-attempt"):
+            return stages.attempt_stage(
+                self.run, "attempts", self.pool, stages.task_jobs(inputs.train_tasks),
+                model_id=inputs.student_id, decoding=Decoding.of(st),
+                sampling=Sampling.attempts(st), batch=ATTEMPT_BATCH, on_records=on_records)
 
     def count_attempts(self, inputs: Inputs, tried: Attempts) -> Attempts:
         self.summary.attempts = AttemptCounts(tasks=len(inputs.train_tasks),

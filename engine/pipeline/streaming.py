@@ -30,11 +30,10 @@ from engine import stages
 
 def stream(pipe, inputs):
     """(Attempts, the eval-before summary, TeacherWork) for `pipe` (an engine.pipeline.staged.Pipeline)."""
-    from engine.pipeline.staged import ATTEMPT_BATCH, Attempts, TeacherWork
-    from engine.student import Decoding, Sampling
+    from engine.pipeline.staged import Attempts, TeacherWork
     from engine.teacher.endpoint import teacher_endpoint
 
-    cfg, run, tc, st = pipe.cfg, pipe.run, pipe.cfg.teacher, pipe.cfg.student
+    cfg, run, tc = pipe.cfg, pipe.run, pipe.cfg.teacher
     tasks = inputs.tasks
     attempts, grades = {}, {}
     of_task: dict[str, list[str]] = {}   # task id -> its attempt ids
@@ -91,11 +90,7 @@ def stream(pipe, inputs):
         with teacher.shared(), ThreadPoolExecutor(cfg.stream_teacher_chunks,
                                                   thread_name_prefix="teach") as workers:
             pending: set[Future] = set()
-            with pipe.clock("1-attempt"):
-                ordered = stages.attempt_stage(
-                    run, "attempts", pipe.pool, stages.task_jobs(inputs.train_tasks),
-                    model_id=inputs.student_id, decoding=Decoding.of(st),
-                    sampling=Sampling.attempts(st), batch=ATTEMPT_BATCH, on_records=graded)
+            ordered = pipe.sample_attempts(inputs, on_records=graded)
             if queued:
                 dispatch(queued)
             before = pipe.evaluate(inputs, "eval-before")   # while the teacher works

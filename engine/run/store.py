@@ -206,7 +206,8 @@ class RunStore:
                 got = compute(chunk)
                 # a list is the chunk's records; an iterator yields groups of finished jobs'
                 # records, each committed (and counted) as it arrives
-                for group in [got] if isinstance(got, list) else got:
+                streamed = not isinstance(got, list)
+                for group in got if streamed else [got]:
                     by_job: dict[str, list[R]] = {}
                     for r in group:
                         by_job.setdefault(rkey(r), []).append(r)
@@ -217,7 +218,7 @@ class RunStore:
                     self.commit(name, [(k, prints[k], recs) for k, recs in by_job.items()])
                     found.update(by_job)
                     if progress is not None:
-                        progress.update(len(by_job) if group is not got else len(chunk))
+                        progress.update(len(by_job) if streamed else len(chunk))
                     if on_records is not None:
                         on_records([r for recs in by_job.values() for r in recs])
         finally:

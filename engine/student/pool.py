@@ -134,12 +134,6 @@ class StudentEngine:
         return self.tokenizer.apply_chat_template(list(req.messages), tokenize=False,
                                                   add_generation_prompt=True)
 
-    def generate(self, requests: list[GenRequest]) -> list[GenOutput]:
-        """Every request's output, in request order (the whole batch at once)."""
-        by_id = {o.request_id: o for group in self.generate_stream(requests, flush_s=float("inf"))
-                 for o in group}
-        return [by_id[r.request_id] for r in requests]
-
     def generate_stream(self, requests: list[GenRequest], flush_s: float = 0.5
                         ) -> Iterator[list[GenOutput]]:
         """The whole batch goes to vLLM at once (continuous batching keeps it full); finished
