@@ -44,6 +44,7 @@ SETTINGS = {
     "edit": dict(template="reference-edit", rounds=1),
     "two-turn-edit-r2": dict(template="reference-two-turn", retry_template="reference-edit",
                              rounds=2),
+    "edit-r2": dict(template="reference-edit", rounds=2),
     "edit-n4": dict(template="reference-edit", rounds=1, samples=4, temperature=0.8),
     "edit-n4-r2": dict(template="reference-edit", rounds=2, samples=4, temperature=0.8),
     "two-turn-n4-edit-r2": dict(template="reference-two-turn", retry_template="reference-edit",
