@@ -58,8 +58,8 @@ class TeacherJob:
 
 def first_round_jobs(failed: Sequence[Attempt], tasks: dict[str, Task], grades: dict[str, Grade],
                      template: str, samples: int) -> list[TeacherJob]:
-    """One request per failed attempt; `auto` becomes the paper's two-turn prompt for tasks
-    with a reference and refine-feedback for the rest."""
+    """One request per failed attempt; `auto` becomes reference-edit for tasks with a
+    reference and refine-feedback for the rest (prompts.resolve_template)."""
     return [TeacherJob(tasks[a.task_id], a.attempt_id,
                        prompts.resolve_template(template, tasks[a.task_id]),
                        a.code or a.completion, grades[a.attempt_id].feedback, 0,
