@@ -70,3 +70,22 @@ def test_retry_template_replaces_the_later_rounds_template():
     [kept] = stages.next_round_jobs(jobs, {rid: ref}, failed)
     [edit] = stages.next_round_jobs(jobs, {rid: ref}, failed, retry_template="reference-edit")
     assert (kept.template, edit.template) == ("reference-two-turn", "reference-edit")
+
+
+def test_the_default_template_edits_the_reference_where_there_is_one():
+    """`auto` (the config's default) is reference-edit for a task with a reference, the
+    measured best on the default's failures (benchmarks/RESULTS.md), and refine-feedback
+    for a task without one."""
+    import dataclasses
+
+    from engine.config import TeacherConfig
+    from engine.prompts import resolve_template, teacher_messages
+    from engine.tasks import BUILTIN_PATH, load_file
+
+    task = load_file(BUILTIN_PATH)[0]
+    default = TeacherConfig().template
+    assert resolve_template(default, task) == "reference-edit"
+    assert teacher_messages(default, task, "c", "f") == \
+        teacher_messages("reference-edit", task, "c", "f")
+    bare = dataclasses.replace(task, reference=None)
+    assert resolve_template(default, bare) == "refine-feedback"
