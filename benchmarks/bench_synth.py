@@ -2,6 +2,7 @@
 
     python benchmarks/bench_synth.py --attempts runs/quality/run --out runs/bench-synth
     python benchmarks/bench_synth.py --attempts RUN --base_url URL --model M --cross_check
+    python benchmarks/bench_synth.py --attempts RUN --no_reference --out runs/bench-synth-noref
 
 The built-in tasks (`builtin-all`, 220, each with a reference and hand-written tests) are
 stripped of their tests and go through `python -m engine.synthesize` (the local
@@ -11,7 +12,9 @@ Qwen2.5-Coder-1.5B teacher unless `--base_url`). Then, on the tasks that kept a 
   the reference (engine/tasks/mutants.py);
 - the agreement of verdicts: every student attempt found in `--attempts` (a run directory's
   `attempts*.jsonl` views) graded by the hand-written tests and by the synthesised ones, as a
-  confusion table, with a 95% Wilson interval on the agreement.
+  confusion table, with a 95% Wilson interval on the agreement;
+- with `--no_reference` (references stripped too, so the teacher's sampled solutions must
+  agree): how many of the agreed solutions that became references pass the hand-written tests.
 
 Writes `<out>/bench_synth.json` and prints the table. Resumable: the synthesis has its own run
 store and teacher cache under `<out>/synth`.
@@ -59,6 +62,8 @@ def main() -> None:
     ap.add_argument("--model", default="qwen2.5-coder-1.5b-instruct")
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--cross_check", action="store_true")
+    ap.add_argument("--no_reference", action="store_true",
+                    help="strip the references too: the teacher's solutions must agree")
     ap.add_argument("--mutants", type=int, default=20)
     ap.add_argument("--kv_cache_gb", type=int, default=4,
                     help="KV cache of the local teacher server (GiB)")
@@ -75,6 +80,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     cfg = SynthesizeConfig(tasks=args.tasks, strip_tests=True, out=str(out / "synth"),
+                           strip_references=args.no_reference,
                            synth=SynthConfig(cross_check=args.cross_check, mutants=args.mutants),
                            teacher=TeacherConfig(base_url=args.base_url, model=args.model,
                                                  concurrency=args.concurrency,
@@ -95,6 +101,12 @@ def main() -> None:
                 progs.append(Program(f"{a.attempt_id}|{side}", program_code(task, a.code),
                                      task.tests, task.setup, 10.0))
         grades = {g.program_id: g.passed for g in sandbox.grade(progs)} if progs else {}
+        # without a reference, the agreed teacher solution became the task's reference: does
+        # it pass the hand-written tests?
+        majority = [t for t in kept if reports[t]["reference"] == "teacher-majority"]
+        majority_ok = sum(g.passed for g in sandbox.grade([
+            Program(f"{t}|majority", program_code(original[t], kept[t].reference or ""),
+                    original[t].tests, original[t].setup, 10.0) for t in majority]))
 
     both = [(grades[f"{a.attempt_id}|hand"], grades[f"{a.attempt_id}|synth"]) for a in attempts]
     table = {"hand pass, synth pass": sum(h and s for h, s in both),
@@ -116,6 +128,7 @@ def main() -> None:
         "verdicts": {"attempts": len(both), **table,
                      "agreement": round(agree / len(both), 4) if both else None,
                      "agreement_ci95": wilson(agree, len(both))},
+        "majority_references": {"tasks": len(majority), "pass_hand_written": majority_ok},
         "teacher": summary["teacher"], "synthesis_seconds": seconds,
         "command": " ".join(sys.argv)}
     (out / "bench_synth.json").write_text(json.dumps(result, indent=2))
@@ -128,6 +141,9 @@ def main() -> None:
     print(f"| hand pass | {table['hand pass, synth pass']} | {table['hand pass, synth fail']} |")
     print(f"| hand fail | {table['hand fail, synth pass']} | {table['hand fail, synth fail']} |")
     print(f"agreement {v['agreement']} on {v['attempts']} attempts (95% {v['agreement_ci95']})")
+    if majority:
+        print(f"teacher-majority references passing the hand-written tests: {majority_ok} of "
+              f"{len(majority)}")
 
 
 if __name__ == "__main__":

@@ -312,6 +312,9 @@ class SynthesizeConfig:
     columns: str = _f("", "for hf:PATH task sets: FIELD=COLUMN pairs (see data.columns)")
     strip_tests: bool = _f(False, "drop the tasks' own tests first (to measure the synthesised "
                            "ones against them)")
+    strip_references: bool = _f(False, "drop the tasks' reference solutions too (to measure "
+                                "the no-reference path, teacher solutions that must agree, "
+                                "against the tasks' own tests)")
     out: str = _f("runs/synth", "directory: the run store and teacher cache (a rerun resumes), "
                   "tasks.jsonl (the tasks with their tests), synthesis.jsonl (per task: what was "
                   "kept and why) and summary.json")

@@ -26,17 +26,27 @@ from engine.run.store import RunStore
 
 def synthesize(cfg: SynthesizeConfig) -> dict:
     """The run: load, synthesise, write; returns the summary."""
-    from engine.tasks import load_tasks
     from engine.tasks.synthesize import synthesize_into
     from sandbox.pool import SandboxPool
+
+    tasks = input_tasks(cfg)
+    out = Path(cfg.out)
+    with RunStore(out) as run, SandboxPool(cfg.sandbox) as sandbox:
+        return synthesize_into(cfg, run, sandbox, tasks, out, this_run=True)[1]
+
+
+def input_tasks(cfg: SynthesizeConfig) -> list:
+    """The tasks as synthesis sees them: loaded, less what `strip_tests` / `strip_references`
+    take away to measure synthesis against the tasks' own tests."""
+    from engine.tasks import load_tasks
 
     tasks = load_tasks(cfg.tasks, cfg.limit, verify_seen=False, columns=cfg.columns,
                        require_tests=False)
     if cfg.strip_tests:
         tasks = [dataclasses.replace(t, tests=(), seen_tests=()) for t in tasks]
-    out = Path(cfg.out)
-    with RunStore(out) as run, SandboxPool(cfg.sandbox) as sandbox:
-        return synthesize_into(cfg, run, sandbox, tasks, out, this_run=True)[1]
+    if cfg.strip_references:
+        tasks = [dataclasses.replace(t, reference=None) for t in tasks]
+    return tasks
 
 
 def main(argv: list[str] | None = None) -> None:

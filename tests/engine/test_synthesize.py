@@ -3,6 +3,7 @@ proposed inputs (some invalid) and the reference's outputs, checked against muta
 reference is flagged by the cross-check; a task without a reference gets majority tests."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -254,3 +255,14 @@ def test_a_run_synthesises_tests_first_for_its_tasks_without_any(tmp_path, built
     assert {t.task_id for t in kept} <= {t.task_id for t in originals[:2]}
     assert all(len(t.tests) >= 3 and all(c.call and c.expected for c in t.tests) for t in kept)
     assert summary.attempts.tasks == 2 + len(kept)   # the synthesised tasks were attempted
+
+
+def test_stripping_references_sends_every_task_down_the_majority_path():
+    """`strip_references` (bench_synth.py --no_reference) measures the no-reference path on
+    tasks whose own tests and references are known: synthesis sees neither."""
+    from engine.synthesize import input_tasks
+
+    cfg = SynthesizeConfig(tasks="builtin-all", limit=5, strip_tests=True)
+    assert all(t.tests == () and t.reference for t in input_tasks(cfg))
+    bare = input_tasks(dataclasses.replace(cfg, strip_references=True))
+    assert len(bare) == 5 and all(t.tests == () and t.reference is None for t in bare)
