@@ -58,6 +58,7 @@ def main() -> None:
     ap.add_argument("--attempts", required=True, help="run directory with attempts*.jsonl")
     ap.add_argument("--out", default="runs/bench-synth")
     ap.add_argument("--tasks", default="builtin-all")
+    ap.add_argument("--limit", type=int, default=0, help="the first N tasks (0 = all)")
     ap.add_argument("--base_url", default="")
     ap.add_argument("--model", default="qwen2.5-coder-1.5b-instruct")
     ap.add_argument("--concurrency", type=int, default=64)
@@ -79,7 +80,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    cfg = SynthesizeConfig(tasks=args.tasks, strip_tests=True, out=str(out / "synth"),
+    cfg = SynthesizeConfig(tasks=args.tasks, limit=args.limit, strip_tests=True,
+                           out=str(out / "synth"),
                            strip_references=args.no_reference,
                            synth=SynthConfig(cross_check=args.cross_check, mutants=args.mutants),
                            teacher=TeacherConfig(base_url=args.base_url, model=args.model,
@@ -87,7 +89,7 @@ def main() -> None:
                                                  server_kv_cache_gb=args.kv_cache_gb))
     summary = synthesize(cfg)
     seconds = round(time.monotonic() - t0, 1)
-    original = {t.task_id: t for t in load_tasks(args.tasks, verify_seen=False)}
+    original = {t.task_id: t for t in load_tasks(args.tasks, args.limit, verify_seen=False)}
     kept = {t.task_id: t for t in load_file(out / "synth" / "tasks.jsonl")}
     reports = {r["task_id"]: r for r in map(json.loads, (out / "synth" / "synthesis.jsonl").open())}
     attempts = [a for a in attempts_of(Path(args.attempts)) if a.task_id in kept and a.code]
