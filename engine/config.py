@@ -284,7 +284,9 @@ class SynthConfig:
     mutants: int = _f(20, "mutants of the reference tried per task")
     cross_check: bool = _f(False, "also ask the teacher for its own solution (greedy) and flag "
                            "a task where it and the reference disagree on an input: either the "
-                           "reference or the tests are wrong")
+                           "reference or the tests are wrong. Needs a teacher much stronger "
+                           "than the references: the local 1.5B flagged 49 of 100 built-in "
+                           "tasks, 45 of them through its own wrong solution")
     keep_flagged: bool = _f(False, "write flagged tasks to the output too (marked)")
     votes: int = _f(5, "tasks without a reference: teacher solutions sampled; an input is kept "
                     "when more than half of them agree on its output")
