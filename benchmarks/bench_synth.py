@@ -59,6 +59,8 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench-synth")
     ap.add_argument("--tasks", default="builtin-all")
     ap.add_argument("--limit", type=int, default=0, help="the first N tasks (0 = all)")
+    ap.add_argument("--agree", type=float, default=0.5,
+                    help="with --no_reference: share of the votes that must agree (synth.agree)")
     ap.add_argument("--base_url", default="")
     ap.add_argument("--model", default="qwen2.5-coder-1.5b-instruct")
     ap.add_argument("--concurrency", type=int, default=64)
@@ -83,7 +85,8 @@ def main() -> None:
     cfg = SynthesizeConfig(tasks=args.tasks, limit=args.limit, strip_tests=True,
                            out=str(out / "synth"),
                            strip_references=args.no_reference,
-                           synth=SynthConfig(cross_check=args.cross_check, mutants=args.mutants),
+                           synth=SynthConfig(cross_check=args.cross_check, mutants=args.mutants,
+                                             agree=args.agree),
                            teacher=TeacherConfig(base_url=args.base_url, model=args.model,
                                                  concurrency=args.concurrency,
                                                  server_kv_cache_gb=args.kv_cache_gb))

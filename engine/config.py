@@ -289,7 +289,10 @@ class SynthConfig:
                            "tasks, 45 of them through its own wrong solution")
     keep_flagged: bool = _f(False, "write flagged tasks to the output too (marked)")
     votes: int = _f(5, "tasks without a reference: teacher solutions sampled; an input is kept "
-                    "when more than half of them agree on its output")
+                    "when more than `agree` of them agree on its output")
+    agree: float = _f(0.5, "tasks without a reference: an input is kept when more than this "
+                      "share of the votes agree on its output (0.5: a majority). With the local "
+                      "1.5B at 0.5, 15 of 41 agreed solutions failed the tasks' own tests")
     vote_temperature: float = _f(0.8, "sampling temperature of those solutions")
     timeout_s: float = _f(2.0, "seconds per run of one input")
     max_expected_chars: int = _f(300, "an expected value whose literal is longer is dropped")
@@ -301,6 +304,8 @@ class SynthConfig:
             raise ConfigError("synth: need inputs >= 1 and 1 <= min_tests <= max_tests")
         if self.votes < 1:
             raise ConfigError(f"synth.votes: must be >= 1, got {self.votes}")
+        if not 0.5 <= self.agree < 1:
+            raise ConfigError(f"synth.agree: a share in [0.5, 1), got {self.agree}")
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@
               reference disagree the task is flagged (one of them, or the task, is wrong)
 
 A task without a reference gets `synth.votes` teacher solutions instead; an input is kept when
-more than half of them agree on its output, and the first solution that agrees on every kept
-input becomes the task's reference (marked `teacher-majority`).
+more than `synth.agree` of them (default half) agree on its output, and the first solution that
+agrees on every kept input becomes the task's reference (marked `teacher-majority`).
 
 Every teacher reply goes through the teacher cache and every sandbox run through the run store,
 so a rerun into the same directory resumes and pays for nothing twice.
@@ -288,7 +288,7 @@ class Synthesizer:
                 got = {tag: outputs[f"{t.task_id}?{i}@{tag}#0"][1] for tag, _ in sols}
                 counts = Counter(_canonical(o) for o in got.values() if o is not None)
                 top, n = counts.most_common(1)[0] if counts else (None, 0)
-                if n * 2 <= self.cfg.votes:
+                if n <= self.cfg.agree * self.cfg.votes:
                     report.dropped["no majority"] = report.dropped.get("no majority", 0) + 1
                     continue
                 expected, reason = literal(orjson.loads(top), self.cfg.max_expected_chars)

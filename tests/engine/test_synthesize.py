@@ -266,3 +266,41 @@ def test_stripping_references_sends_every_task_down_the_majority_path():
     assert all(t.tests == () and t.reference for t in input_tasks(cfg))
     bare = input_tasks(dataclasses.replace(cfg, strip_references=True))
     assert len(bare) == 5 and all(t.tests == () and t.reference is None for t in bare)
+
+
+def test_a_stricter_agreement_drops_the_inputs_the_votes_split_on(synthesized, sandbox_pool,
+                                                                  tmp_path):
+    """synth.agree: one vote in three is a wrong program, so on the inputs where it differs
+    two of three agree: kept at the default (more than half), dropped at 0.7."""
+    from engine.synthesize import synthesize
+    from engine.tasks.mutants import mutants
+
+    originals, wrong, voter, *_ = synthesized
+    slips = [m.code for m in mutants(voter.reference, voter.entry_point) if m.kind != "return"]
+    grades = sandbox_pool.grade([Program(f"m{i}", code, voter.tests, voter.setup, 2.0)
+                                 for i, code in enumerate(slips)])
+    bad = next(slips[i] for i, g in enumerate(grades) if g.status.value == "failed")
+
+    class SplitVotes(SynthTeacher):
+        votes = 0
+
+        def answer(self, user: str) -> str:
+            if "Propose" not in user and re.search(rf"def {re.escape(voter.entry_point)}\b", user):
+                self.votes += 1
+                if self.votes % 3 == 0:
+                    return f"```python\n{bad}```"
+            return super().answer(user)
+
+    path = tmp_path / "in.jsonl"
+    path.write_text(json.dumps({"task_id": voter.task_id, "prompt": voter.prompt,
+                                "entry_point": voter.entry_point, "reference": None}) + "\n")
+    reports = {}
+    for agree in (0.5, 0.7):
+        with SplitVotes(originals, {}) as teacher:
+            out = tmp_path / f"agree-{agree}"
+            synthesize(SynthesizeConfig(
+                tasks=str(path), out=str(out), synth=SynthConfig(votes=3, mutants=12, agree=agree),
+                teacher=TeacherConfig(base_url=teacher.url, model="scripted", concurrency=4)))
+        [reports[agree]] = map(json.loads, (out / "synthesis.jsonl").open())
+    split = {agree: r["dropped"].get("no majority", 0) for agree, r in reports.items()}
+    assert split[0.7] > split[0.5] and reports[0.7]["kept"] < reports[0.5]["kept"]
