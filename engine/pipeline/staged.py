@@ -24,6 +24,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterable
 
 from common.errors import EmptyDataset
 from engine import stages
@@ -189,9 +190,14 @@ class Pipeline:
         """1-2: the student's attempts at every training task, graded."""
         attempts = {a.attempt_id: a for a in self.sample_attempts(inputs)}
         with self.clock("2-grade"):
-            grades = stages.grade_stage(self.run, "grades", self.sandbox, [
-                (a.attempt_id, inputs.tasks[a.task_id], a.code) for a in attempts.values()])
+            grades = self.grade_attempts(inputs.tasks, attempts.values())
         return self.count_attempts(inputs, Attempts(attempts, grades))
+
+    def grade_attempts(self, tasks: dict[str, Task], attempts: Iterable[Attempt],
+                       part: bool = False) -> dict[str, Grade]:
+        """2: attempts against their tasks' tests (view `grades`); `part`: one streamed group."""
+        return stages.grade_stage(self.run, "grades", self.sandbox, [
+            (a.attempt_id, tasks[a.task_id], a.code) for a in attempts], part=part)
 
     def sample_attempts(self, inputs: Inputs, on_records=None) -> list[Attempt]:
         """1: the student's samples for every training task, in task order; `on_records` sees

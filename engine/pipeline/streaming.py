@@ -72,8 +72,7 @@ def stream(pipe, inputs):
     def graded(group) -> None:
         """A group of finished attempts (or the reused ones): grade it, queue its tasks."""
         t0 = time.monotonic()
-        grades.update(stages.grade_stage(run, "grades", pipe.sandbox, [
-            (a.attempt_id, tasks[a.task_id], a.code) for a in group], part=True))
+        grades.update(pipe.grade_attempts(tasks, group, part=True))
         pipe.timings["2-grade"] = round(pipe.timings.get("2-grade", 0.0)
                                         + time.monotonic() - t0, 1)
         for a in group:
