@@ -59,7 +59,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench-synth")
     ap.add_argument("--tasks", default="builtin-all")
     ap.add_argument("--limit", type=int, default=0, help="the first N tasks (0 = all)")
-    ap.add_argument("--agree", type=float, default=0.5,
+    ap.add_argument("--agree", type=float, default=SynthConfig().agree,
                     help="with --no_reference: share of the votes that must agree (synth.agree)")
     ap.add_argument("--base_url", default="")
     ap.add_argument("--model", default="qwen2.5-coder-1.5b-instruct")

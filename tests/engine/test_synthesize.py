@@ -66,20 +66,27 @@ class SynthTeacher(ScriptedTeacher):
         return "I cannot tell which task this is."
 
 
+def a_slip(task, sandbox_pool, passing: int = 0) -> str:
+    """A mutant of the task's reference (not a `return` swap) that fails its hand-written tests
+    while passing at least `passing` of them."""
+    from engine.tasks.mutants import mutants
+
+    slips = [m.code for m in mutants(task.reference, task.entry_point) if m.kind != "return"]
+    grades = sandbox_pool.grade([Program(f"m{i}", code, task.tests, task.setup, 2.0)
+                                 for i, code in enumerate(slips)])
+    return next(slips[i] for i, g in enumerate(grades)
+                if g.status.value == "failed" and sum(g.test_passed) >= passing)
+
+
 @pytest.fixture(scope="module")
 def synthesized(tmp_path_factory, builtin_tasks, sandbox_pool):
     from engine.synthesize import synthesize
-    from engine.tasks.mutants import mutants
 
     originals = [t for t in builtin_tasks if len([c for c in t.tests if c.call]) >= 4][:8]
     wrong, voter = originals[1], originals[2]
     # a reference with a slip the teacher's own solution does not share (a mutant that fails
     # some hand-written tests and passes others): the cross-check must flag it
-    slips = [m.code for m in mutants(wrong.reference, wrong.entry_point) if m.kind != "return"]
-    grades = sandbox_pool.grade([Program(f"m{i}", code, wrong.tests, wrong.setup, 2.0)
-                                 for i, code in enumerate(slips)])
-    bad_ref = next(slips[i] for i, g in enumerate(grades)
-                   if g.status.value == "failed" and sum(g.test_passed) >= 3)
+    bad_ref = a_slip(wrong, sandbox_pool, passing=3)
     lines = []
     for t in originals:
         d = {"task_id": t.task_id, "prompt": t.prompt, "entry_point": t.entry_point,
@@ -273,13 +280,9 @@ def test_a_stricter_agreement_drops_the_inputs_the_votes_split_on(synthesized, s
     """synth.agree: one vote in three is a wrong program, so on the inputs where it differs
     two of three agree: kept at the default (more than half), dropped at 0.7."""
     from engine.synthesize import synthesize
-    from engine.tasks.mutants import mutants
 
     originals, wrong, voter, *_ = synthesized
-    slips = [m.code for m in mutants(voter.reference, voter.entry_point) if m.kind != "return"]
-    grades = sandbox_pool.grade([Program(f"m{i}", code, voter.tests, voter.setup, 2.0)
-                                 for i, code in enumerate(slips)])
-    bad = next(slips[i] for i, g in enumerate(grades) if g.status.value == "failed")
+    bad = a_slip(voter, sandbox_pool)
 
     class SplitVotes(SynthTeacher):
         votes = 0
