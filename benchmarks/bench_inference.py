@@ -1,11 +1,11 @@
 """Inference speed on this machine, in one run: the student's vLLM pool and the teacher's vLLM
-server against the bf16 roofline and HF `generate`, with vLLM's own CPU defaults as the baseline.
+server against the compute roofline and HF `generate`, with vLLM's own CPU defaults as the baseline.
 
     .venv/bin/python benchmarks/bench_inference.py                  # ~15 min on 2 cores
     .venv/bin/python benchmarks/bench_inference.py --skip teacher,baseline --prompts 16
 
 Rows (tokens/s = generated tokens, EOS included, per wall second of the whole submission):
-  roofline        bf16 matmul GFLOPS measured now at the model's MLP shape with `--roofline-m`
+  roofline        matmul GFLOPS (in the dtype the engine picks here: common/hardware.py) measured now at the model's MLP shape with `--roofline-m`
                   rows, divided by the model's matmul FLOPs per token (2 x every linear weight,
                   the LM head included; attention over the context is left out, so the bound is
                   a little loose). The best any engine could do on these cores.
@@ -58,12 +58,14 @@ def matmul_flops_per_token(model_dir: str) -> float:
 
 
 def roofline(model_dir: str, m: int) -> tuple[float, float]:
-    """(GFLOPS of a bf16 matmul [m, hidden] x [hidden, intermediate], tokens/s bound)."""
+    """(GFLOPS of a matmul [m, hidden] x [hidden, intermediate] in the engine's dtype, tokens/s
+    bound)."""
     import torch
 
     cfg = json.loads(Path(model_dir, "config.json").read_text())
-    a = torch.randn(m, cfg["hidden_size"], dtype=torch.bfloat16)
-    b = torch.randn(cfg["hidden_size"], cfg["intermediate_size"], dtype=torch.bfloat16)
+    dtype = getattr(torch, StudentConfig().dtype)
+    a = torch.randn(m, cfg["hidden_size"], dtype=dtype)
+    b = torch.randn(cfg["hidden_size"], cfg["intermediate_size"], dtype=dtype)
     for _ in range(5):
         a @ b
     reps, t0 = 40, time.perf_counter()
@@ -98,7 +100,8 @@ def hf_one_at_a_time(model_dir: str, tasks, sequences: int, max_tokens: int) -> 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=getattr(torch, StudentConfig().dtype)).eval()
     total, t0 = 0, time.monotonic()
     for i in range(sequences):
         text = tok.apply_chat_template(list(chat(tasks[i % len(tasks)])), tokenize=False,
@@ -165,7 +168,7 @@ def main() -> None:
     rows = []
 
     gflops, roof = roofline(student_dir, args.roofline_m)
-    rows.append(("roofline (bf16 matmul, student)", f"{gflops:.0f} GFLOPS at {args.roofline_m} rows",
+    rows.append((f"roofline ({StudentConfig().dtype} matmul, student)", f"{gflops:.0f} GFLOPS at {args.roofline_m} rows",
                  roof))
     cfg = StudentConfig(model=args.student)
     sample_rate = hf = None
@@ -219,7 +222,7 @@ def teacher_part(args, tasks, rows: list, skip: set) -> None:
     if "teacher" not in skip:
         teacher_dir = resolve_model(args.teacher)
         t_gflops, t_roof = roofline(teacher_dir, args.roofline_m)
-        rows.append(("roofline (bf16 matmul, teacher)",
+        rows.append((f"roofline ({StudentConfig().dtype} matmul, teacher)",
                      f"{t_gflops:.0f} GFLOPS at {args.roofline_m} rows", t_roof))
         levels = [int(c) for c in args.inflight.split(",")]
         rates, startup = teacher_rates(teacher_dir, tasks, levels, 256, "all", "tcmalloc,iomp")

@@ -68,7 +68,8 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=getattr(torch, StudentConfig().dtype)).eval()   # the engine's dtype here
     texts = [chat_text(tok, t) for t in tasks]
     single, single_tokens = hf_rate(model, tok, texts[:args.hf_single], 1, args.max_tokens)
     batched, batched_tokens = hf_rate(model, tok, (texts * args.n)[:args.hf_batch], args.hf_batch,

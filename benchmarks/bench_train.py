@@ -39,9 +39,10 @@ def collate(batch):
         n = len(b["input_ids"]); ids[i, :n] = torch.tensor(b["input_ids"])
         lab[i, :n] = torch.tensor(b["labels"]); att[i, :n] = 1
     return {"input_ids": ids, "labels": lab, "attention_mask": att}
-model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
+from common.hardware import cpu_bf16
+model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16 if cpu_bf16() else torch.float32)
 args = TrainingArguments(output_dir=out, per_device_train_batch_size=4, max_steps=steps,
-                         learning_rate=1e-5, bf16=True, logging_steps=1, save_strategy="no",
+                         learning_rate=1e-5, bf16=cpu_bf16(), logging_steps=1, save_strategy="no",
                          report_to=[], use_cpu=True, dataloader_num_workers=0)
 tr = Trainer(model=model, args=args, train_dataset=rows, data_collator=collate)
 t0 = time.monotonic(); tr.train(); dt = time.monotonic() - t0

@@ -22,6 +22,7 @@ from common.config import (
 )
 from common.config import config_from_args as _config_from_args
 from common.errors import ConfigError
+from common.hardware import has_gpu, resolve_dtype
 from sandbox.config import SandboxConfig
 from train.config import TrainConfig
 
@@ -44,7 +45,9 @@ class StudentConfig:
     prompt_format: Literal["chat", "completion"] = _f(
         "chat", "chat (apply the tokenizer's chat template) or completion (continue the raw code "
         "prompt)")
-    dtype: str = _f("bfloat16", "weights dtype in vLLM; bf16 is 4-10x faster than fp32 on AVX-512 CPUs")
+    dtype: str = _f("auto", "weights dtype in vLLM: auto (bfloat16 on a GPU and on a CPU with "
+                    "native bf16, AVX-512 BF16 or AMX; float32 on other CPUs, where emulated "
+                    "bf16 ran 5x slower: common/hardware.py), or a vLLM dtype")
     max_model_len: int = _f(2048, "context length in tokens (prompt + completion)")
     kv_cache_gb: int = _f(4, "KV-cache size per engine in GiB (VLLM_CPU_KVCACHE_SPACE)")
     cpu_threads: str = _f("all", "cores for each actor's vLLM OpenMP threads: all (measured "
@@ -78,6 +81,9 @@ class StudentConfig:
     def __post_init__(self) -> None:
         check_choices(self, "student")
         from engine.cluster import parse_resources
+
+        # resolved here, on the driver, so the run records and fingerprints the dtype it uses
+        object.__setattr__(self, "dtype", resolve_dtype(self.dtype, gpu=self.num_gpus > 0))
 
         parse_resources(self.resources, "student.resources")
         if self.engine_process == "inline" and self.tensor_parallel_size > 1:
@@ -159,6 +165,8 @@ class TeacherConfig:
                                       "the engine (vLLM cannot rewind a CPU generator)")
     server_eager: bool = _f(True, "start the local teacher server without compilation (see "
                             "student.enforce_eager)")
+    server_dtype: str = _f("auto", "weights dtype of the local teacher server (see "
+                           "student.dtype; the server runs on the driver, auto resolves there)")
     server_startup_s: float = _f(900.0, "how long to wait for the local teacher server to come up")
     server_timeout_s: float = _f(3600.0, "per-request timeout against the locally started server "
                                  "(timeout_s is for remote endpoints): with 256 sequences in "
@@ -186,6 +194,7 @@ class TeacherConfig:
         for name in ("timeout_s", "server_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"teacher.{name}: must be > 0, got {getattr(self, name)}")
+        object.__setattr__(self, "server_dtype", resolve_dtype(self.server_dtype, gpu=has_gpu()))
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from pathlib import Path
 import orjson
 
 from common.errors import PersdError
+from common.hardware import cpu_bf16
 from train.config import TrainConfig
 
 
@@ -141,8 +142,9 @@ def train(data: Path, model_path: str, out: Path, cfg: TrainConfig) -> Path:
     use_cuda = torch.cuda.is_available()
     device = "cuda" if use_cuda else "cpu"
     bf16 = {"true": True, "false": False}.get(cfg.bf16)
-    if bf16 is None:  # auto: bf16 on CUDA with support, and on CPUs with AVX-512 bf16 / AMX
-        bf16 = torch.cuda.is_bf16_supported() if use_cuda else torch.backends.mkldnn.is_available()
+    if bf16 is None:  # auto: bf16 on CUDA with support, and on CPUs with native bf16 (AVX-512
+        # BF16, AMX); emulated bf16 on an AVX2-only CPU is the slowest choice (common/hardware.py)
+        bf16 = torch.cuda.is_bf16_supported() if use_cuda else cpu_bf16()
     dtype = torch.bfloat16 if bf16 else torch.float32
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device)
     if cfg.gradient_checkpointing:

@@ -44,7 +44,7 @@ def teacher_endpoint(cfg: RunConfig, run: RunStore, clock=None):
     server = LocalServer(model_dir, cfg.teacher.model, run.path / "teacher-server.log",
                          kv_cache_gb=cfg.teacher.server_kv_cache_gb,
                          threads=cfg.teacher.server_threads, preload=cfg.teacher.server_preload,
-                         eager=cfg.teacher.server_eager,
+                         eager=cfg.teacher.server_eager, dtype=cfg.teacher.server_dtype,
                          max_num_seqs=cfg.teacher.server_max_seqs,
                          chunked_prefill=cfg.teacher.server_chunked_prefill,
                          startup_s=cfg.teacher.server_startup_s)

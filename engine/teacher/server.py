@@ -16,6 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from common.hardware import has_gpu, resolve_dtype
 from engine.run.runlog import Progress
 from engine.student.cpu_env import vllm_cpu_env
 
@@ -28,12 +29,13 @@ def free_port() -> int:
 
 class LocalServer:
     def __init__(self, model: str, served_name: str, log_path: Path, kv_cache_gb: int = 4,
-                 max_model_len: int = 4096, dtype: str = "bfloat16", startup_s: float = 900.0,
+                 max_model_len: int = 4096, dtype: str = "auto", startup_s: float = 900.0,
                  extra_args: tuple[str, ...] = (), threads: str = "all",
                  preload: str = "tcmalloc,iomp", eager: bool = True,
                  max_num_seqs: int = 256, chunked_prefill: bool = False):
         self.model, self.served_name, self.log_path = model, served_name, log_path
-        self.kv_cache_gb, self.max_model_len, self.dtype = kv_cache_gb, max_model_len, dtype
+        self.kv_cache_gb, self.max_model_len = kv_cache_gb, max_model_len
+        self.dtype = resolve_dtype(dtype, gpu=has_gpu())   # auto: common/hardware.py
         self.startup_s, self.extra_args = startup_s, extra_args
         self.threads, self.preload, self.eager = threads, preload, eager
         self.max_num_seqs = max_num_seqs
