@@ -5,9 +5,10 @@ server against the compute roofline and HF `generate`, with vLLM's own CPU defau
     .venv/bin/python benchmarks/bench_inference.py --skip teacher,baseline --prompts 16
 
 Rows (tokens/s = generated tokens, EOS included, per wall second of the whole submission):
-  roofline        matmul GFLOPS (in the dtype the engine picks here: common/hardware.py) measured now at the model's MLP shape with `--roofline-m`
-                  rows, divided by the model's matmul FLOPs per token (2 x every linear weight,
-                  the LM head included; attention over the context is left out, so the bound is
+  roofline        matmul GFLOPS (in the dtype the engine picks here: common/hardware.py)
+                  measured now at the model's MLP shape with `--roofline-m` rows, divided
+                  by the model's matmul FLOPs per token (2 x every linear weight, the LM head
+                  included; attention over the context is left out, so the bound is
                   a little loose). The best any engine could do on these cores.
   student greedy  the evaluation shape: `--eval-prompts` HumanEval prompts, greedy, 512 tokens,
                   one submission (as engine/evaluate.py sends it)
@@ -168,7 +169,8 @@ def main() -> None:
     rows = []
 
     gflops, roof = roofline(student_dir, args.roofline_m)
-    rows.append((f"roofline ({StudentConfig().dtype} matmul, student)", f"{gflops:.0f} GFLOPS at {args.roofline_m} rows",
+    rows.append((f"roofline ({StudentConfig().dtype} matmul, student)",
+                 f"{gflops:.0f} GFLOPS at {args.roofline_m} rows",
                  roof))
     cfg = StudentConfig(model=args.student)
     sample_rate = hf = None

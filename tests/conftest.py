@@ -91,6 +91,7 @@ MODULE_MARKS = {  # modules whose tests start vLLM, the sandbox or a model thems
     "test_multinode": ("needs_vllm", "needs_bwrap"),
     "test_synthesize": ("needs_bwrap",),
     "test_streaming": ("needs_vllm", "needs_bwrap"),
+    "test_windows": ("needs_vllm", "needs_bwrap"),
     "test_lora_vllm": ("needs_vllm",),
     "test_sandbox": ("needs_bwrap",),
     "test_sandbox_forgery": ("needs_bwrap",),

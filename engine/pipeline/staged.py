@@ -19,14 +19,16 @@ same ones on a small machine), and started again, lazily, only if a later step s
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import itertools
 import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
-from common.errors import EmptyDataset
+from common.errors import ConfigError, EmptyDataset
 from engine import stages
 from engine.config import RunConfig
 from engine.records import Attempt, Example, Grade, Refinement, Task
@@ -39,6 +41,33 @@ from engine.summary import AttemptCounts, EvalInfo, RunSummary, StudentInfo, Tea
 # full (a 64-task batch waited for its slowest sample before the next began), small enough that
 # a kill loses little (the batch commits as one transaction).
 ATTEMPT_BATCH = 256
+
+
+NOT_COUNTS = {"price_per_mtok"}   # summary fields that are settings, not counts
+
+
+def add_counts(a, b):
+    """b added to a, field by field (numbers summed, dicts by key, lists by position, anything
+    else taken from b): a summary's counts over the windows of a pass. `a` None: b."""
+    if a is None:
+        return b
+    if isinstance(b, bool) or isinstance(b, str) or b is None:
+        return b
+    if isinstance(b, (int, float)):
+        return round(a + b, 6) if isinstance(b, float) else a + b
+    if isinstance(b, dict):
+        return {k: add_counts(a.get(k), v) for k, v in b.items()} | {
+            k: v for k, v in a.items() if k not in b}
+    if isinstance(b, list):
+        longer, shorter = (a, b) if len(a) >= len(b) else (b, a)
+        return [add_counts(x, shorter[i]) if i < len(shorter) else x
+                for i, x in enumerate(longer)]
+    if dataclasses.is_dataclass(b):
+        return dataclasses.replace(b, **{
+            f.name: getattr(b, f.name) if f.name in NOT_COUNTS
+            else add_counts(getattr(a, f.name), getattr(b, f.name))
+            for f in dataclasses.fields(b)})
+    return b
 
 
 @contextmanager
@@ -104,6 +133,7 @@ class Pipeline:
         self.sandbox = sandbox_service(cfg.sandbox, cfg.cluster)
         self.pool = student_pool
         self.own_pool = student_pool is None
+        self.windows_done = 0
         runlog.set_event_log(run.path / "events.jsonl")   # stage and progress events, JSONL
 
     def clock(self, name: str):
@@ -115,22 +145,28 @@ class Pipeline:
         before = None
         try:
             inputs = self.load()
-            if cfg.execution == "streaming":
-                tried, before, work = self.stream(inputs)
-            else:
-                tried = self.attempt(inputs)
-                before = self.evaluate(inputs, "eval-before")
-                self.release_student()
-                work = self.refine(inputs, tried)
-            verified = self.verify(inputs, work)
-            datasets = self.build(inputs, tried, work, verified)
-            self.report_data(inputs, tried, work, verified, datasets, before)
+            last = None
+            for win in self.windows(inputs):
+                if cfg.execution == "streaming":
+                    tried, b, work = self.stream(win)
+                else:
+                    tried = self.attempt(win)
+                    # evaluated once: later windows have the same held-out set
+                    b = before or self.evaluate(win, "eval-before")
+                    self.release_student()
+                    work = self.refine(win, tried)
+                before = before or b
+                verified = self.verify(win, work)
+                datasets = self.build(win, tried, work, verified)
+                self.report_data(win, tried, work, verified, datasets, before)
+                last = (win, tried, work, verified, datasets)
+            self.finish_windows()
             if not cfg.skip_train:
-                adapter = self.train(inputs, datasets)
+                adapter = self.train(inputs)
                 after = self.evaluate(inputs, "eval-after", adapter)
                 self.report_after(adapter, after)
                 if cfg.online_rounds:
-                    self.online(inputs, tried, work, verified, datasets, adapter, after)
+                    self.online(*last, adapter, after)
         finally:
             # programs the executor broke on were re-run once and are counted apart, never as
             # student failures; tests judged inside the program (class protocols) are counted
@@ -144,31 +180,83 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------------ stages
     def load(self) -> Inputs:
-        """0: the pool (less what overlaps the eval sets), the held-out set, the student."""
+        """0: the held-out set, the student, and the training pool as a stream (read window by
+        window: `windows`), less what overlaps the eval sets."""
         from engine.models import model_identity, resolve_model
         from engine.student import LazyPool
         from engine.tasks import load_tasks
         from engine.tasks.docstring_tests import verify_seen_tests
-        from engine.tasks.overlap import load_pool
+        from engine.tasks.overlap import iter_pool
 
         data = self.cfg.data
         with self.clock("0-setup"):
-            pool_tasks, overlap = load_pool(data.train_tasks, data.train_limit, data.decontaminate,
-                                            data.columns, require_tests=not data.synthesize)
-            if overlap is not None:
-                self.summary.decontamination = overlap
-            if data.synthesize and any(not t.tests for t in pool_tasks):
-                pool_tasks = self.synthesize(pool_tasks)
-            # seen tests are checked against the references in this run's own sandbox pool
-            train_tasks = verify_seen_tests(pool_tasks, self.sandbox)
+            self.pool_tasks, self.overlap = iter_pool(
+                data.train_tasks, data.train_limit, data.decontaminate, data.columns,
+                require_tests=not data.synthesize)
             eval_tasks = verify_seen_tests(load_tasks(data.eval_tasks, data.eval_limit,
                                                       verify_seen=False, columns=data.columns),
                                            self.sandbox)
             student_dir = resolve_model(self.cfg.student.model)
-            inputs = Inputs(train_tasks, eval_tasks, student_dir, model_identity(student_dir))
+            inputs = Inputs([], eval_tasks, student_dir, model_identity(student_dir))
         if self.pool is None:
             self.pool = LazyPool(student_dir, self.cfg.student)
         return inputs
+
+    def windows(self, inputs: Inputs) -> Iterator[Inputs]:
+        """The training pool `data.window` tasks at a time (0: all at once), each window's
+        tests synthesised where asked and its seen tests checked in this run's sandbox. A pool
+        that fits one window runs exactly as a whole; a larger one writes its views in parts
+        (RunStore.set_window), joined by finish_windows, so memory holds one window's records."""
+        from engine.tasks.docstring_tests import verify_seen_tests
+
+        data, size = self.cfg.data, self.cfg.data.window
+        self.run.discard_windows()       # parts a killed windowed pass left: rewritten below
+        it = iter(self.pool_tasks)
+        ahead = list(itertools.islice(it, size + 1)) if size else list(it)
+        index, total = 0, 0
+        while ahead or index == 0:
+            window, ahead = ahead[:size] if size else ahead, ahead[size:] if size else []
+            ahead += list(itertools.islice(it, size - len(ahead) + 1)) if size else []
+            windowed = index > 0 or bool(ahead)
+            if windowed and self.cfg.online_rounds and not self.cfg.skip_train:
+                raise ConfigError(
+                    f"online_rounds: online PersD keeps the whole pool's records, and this "
+                    f"pool is larger than data.window={size} tasks: set data.window 0 (or "
+                    "above the pool size) for an online run")
+            if windowed:
+                self.run.set_window(index)
+                print(f"[distill] window {index}: tasks {total + 1}-{total + len(window)}",
+                      file=sys.stderr, flush=True)
+            with self.clock("0-setup"):
+                if data.synthesize and any(not t.tests for t in window):
+                    if windowed:
+                        raise ConfigError(
+                            f"data.synthesize: test synthesis runs on a pool of one window; "
+                            f"this pool is larger than data.window={size}: synthesise its "
+                            "tests first (python -m engine.synthesize) or set data.window 0")
+                    window = self.synthesize(window)
+                window = verify_seen_tests(window, self.sandbox)
+            total += len(window)
+            index += 1
+            self.windows_done = index
+            yield dataclasses.replace(inputs, train_tasks=window)
+        if self.overlap is not None:      # complete now that the whole pool has been read
+            self.summary.decontamination = self.overlap
+
+    def finish_windows(self) -> None:
+        """After the last window: the views made whole, the Hugging Face export and the
+        personalisation summary made from them (streamed from disk: bounded memory)."""
+        from engine.run.store import iter_view
+        from engine.stages.datasets import export_hf
+
+        if self.run.join_windows():
+            self.summary.personalisation = personal.summarise(
+                iter_view(self.run.path, "personalisation", personal.Personalisation))
+        with self.clock("5-datasets"):
+            export_hf(self.run.path / "hf", {
+                name: self.run.file(name) for name in stages.DATASETS}, {
+                "train_tasks": self.cfg.data.train_tasks, "student": self.cfg.student.model,
+                "teacher": self.cfg.teacher.model})
 
     def synthesize(self, pool: list[Task]) -> list[Task]:
         """0: checked tests for the tasks that have none (engine/tasks/synthesize.py), before
@@ -212,10 +300,10 @@ class Pipeline:
                 sampling=Sampling.attempts(st), batch=ATTEMPT_BATCH, on_records=on_records)
 
     def count_attempts(self, inputs: Inputs, tried: Attempts) -> Attempts:
-        self.summary.attempts = AttemptCounts(tasks=len(inputs.train_tasks),
-                                              samples=len(tried.attempts),
-                                              passed=len(tried.attempts) - len(tried.failed),
-                                              failed=len(tried.failed))
+        """The window's attempts, added to the summary's counts."""
+        self.summary.attempts = add_counts(self.summary.attempts, AttemptCounts(
+            tasks=len(inputs.train_tasks), samples=len(tried.attempts),
+            passed=len(tried.attempts) - len(tried.failed), failed=len(tried.failed)))
         return tried
 
     def evaluate(self, inputs: Inputs, name: str, adapter: Path | None = None):
@@ -269,8 +357,6 @@ class Pipeline:
               verified: dict[str, Grade]) -> dict[str, list[Example]]:
         """5: the datasets (JSONL views, and Hugging Face datasets under hf/ with a card), and
         each example's personalisation."""
-        from engine.stages.datasets import export_hf
-
         with self.clock("5-datasets"):
             datasets = stages.build_datasets(
                 inputs.tasks, tried.attempts, tried.grades, stages.one_per_attempt(
@@ -280,18 +366,15 @@ class Pipeline:
                 self.run.export(name, examples)
             rows = stages.personalisation(datasets, tried.attempts, tried.grades, inputs.tasks)
             self.run.export("personalisation", rows)
-            export_hf(self.run.path / "hf", datasets, {
-                "train_tasks": self.cfg.data.train_tasks, "student": self.cfg.student.model,
-                "teacher": self.cfg.teacher.model})
-        self.summary.personalisation = personal.summarise(rows)
+        self.summary.personalisation = personal.summarise(rows)   # a windowed pass: redone whole
         return datasets
 
-    def train(self, inputs: Inputs, datasets: dict[str, list[Example]]) -> Path:
-        """6: the LoRA adapter on the configured dataset."""
+    def train(self, inputs: Inputs) -> Path:
+        """6: the LoRA adapter on the configured dataset (its view, read by the trainer)."""
         from engine.stages.train import train_adapter
 
         name = self.cfg.dataset
-        if not datasets[name]:
+        if not (self.summary.datasets or {}).get(name):
             raise EmptyDataset(f"dataset {name!r} is empty: no verified examples to train on "
                                "(see refinements.jsonl and verified.jsonl)")
         with self.clock("6-train"):
@@ -354,16 +437,16 @@ class Pipeline:
                 verified=sum(passed(r.refinement_id) for r in recs),
                 this_run=asdict(teacher.usage.get(stage, Usage())), **extra)
 
-        s = self.summary
-        s.teacher = TeacherSummary(
+        s = self.summary   # a window's counts are added to the earlier windows'
+        s.teacher = add_counts(s.teacher, TeacherSummary(
             model=work.model, identity=work.identity,
             price_per_mtok=[teacher.price_in, teacher.price_out],
             refine=tokens(work.refinements, [j for js in work.rounds for j in js], "refine",
                           verified_by_round=[sum(passed(i) for j in js for i in j.ids)
                                              for js in work.rounds]),
             stand=tokens(work.stand, work.stand_jobs, "stand"),
-            calls_sent_this_run=teacher.calls, spent_usd_this_run=round(teacher.spent_usd, 6))
-        s.datasets = {k: len(v) for k, v in datasets.items()}
+            calls_sent_this_run=teacher.calls, spent_usd_this_run=round(teacher.spent_usd, 6)))
+        s.datasets = add_counts(s.datasets, {k: len(v) for k, v in datasets.items()})
         s.student = StudentInfo(model=self.cfg.student.model, model_id=inputs.student_id)
         s.pass_before = before.pass_at
         if self.cfg.eval.rounds:

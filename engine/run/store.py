@@ -91,6 +91,7 @@ class RunStore:
         # transaction at a time
         self._db_lock = threading.RLock()
         self.stats: dict[str, dict[str, int]] = {}  # stage -> jobs reused / computed, this process
+        self.window: int | None = None   # the window a windowed pass is in (see export)
 
     def close(self) -> None:
         self.db.close()
@@ -234,9 +235,58 @@ class RunStore:
     def file(self, name: str) -> Path:
         return self.path / f"{name}.jsonl"
 
+    # The views a windowed pass (engine/pipeline/staged.py) writes one part per window: the
+    # records of the training pool. Everything else (evaluations) is written whole.
+    WINDOWED = frozenset({"attempts", "grades", "refinements", "stand-answers", "verified",
+                          "persd", "persd-refine", "persd-combined", "stand", "stand-matched",
+                          "inpd", "personalisation"})
+
+    def set_window(self, index: int | None) -> None:
+        """From now on, the windowed views are written as part `index` of their view
+        (`parts/<name>/<index>.jsonl`) until join_windows(); None: whole files again."""
+        self.window = index
+
+    def discard_windows(self) -> None:
+        """Drop the parts a killed windowed pass left (a resumed pass writes them again)."""
+        import shutil
+
+        self.window = None
+        shutil.rmtree(self.path / "parts", ignore_errors=True)
+
+    def join_windows(self) -> list[str]:
+        """Each windowed view made whole from its parts, in window order, streamed (never held
+        in memory) and atomically replaced; the parts are removed. Returns the views joined."""
+        import shutil
+
+        self.window = None
+        root = self.path / "parts"
+        joined = []
+        for d in sorted(root.iterdir()) if root.exists() else []:
+            parts = sorted(d.glob("*.jsonl"), key=lambda p: int(p.stem))
+            tmp = self.file(d.name).with_suffix(".jsonl.tmp")
+            with open(tmp, "wb") as out:
+                for p in parts:
+                    with open(p, "rb") as f:
+                        shutil.copyfileobj(f, out, 1 << 20)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self.file(d.name))
+            joined.append(d.name)
+        shutil.rmtree(root, ignore_errors=True)
+        return joined
+
     def export(self, name: str, records: Iterable[object]) -> None:
-        """Atomically replace `<name>.jsonl`: a kill mid-write leaves the previous file."""
-        tmp = self.file(name).with_suffix(".jsonl.tmp")
+        """Atomically replace `<name>.jsonl` (in a window: its part): a kill mid-write leaves
+        the previous file."""
+        if self.window is not None and name in self.WINDOWED:
+            part = self.path / "parts" / name / f"{self.window}.jsonl"
+            part.parent.mkdir(parents=True, exist_ok=True)
+            self._write(part, records, name)
+            return
+        self._write(self.file(name), records, name)
+
+    def _write(self, path: Path, records: Iterable[object], name: str) -> None:
+        tmp = path.with_suffix(".jsonl.tmp")
         with open(tmp, "wb") as f:
             for i, r in enumerate(records):
                 f.write(to_json(r) + b"\n")
@@ -244,11 +294,21 @@ class RunStore:
                     faults.point(f"mid-export:{name}")
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, self.file(name))
+        os.replace(tmp, path)
 
     def read(self, name: str, cls: type[T]) -> list[T]:
         """A JSONL view as records (what a user reading the run directory sees)."""
         return read_view(self.path, name, cls)
+
+
+def iter_view(run_dir: str | Path, name: str, cls: type[T]) -> Iterator[T]:
+    """A JSONL view as records, one line at a time (a view of any size in bounded memory)."""
+    path = Path(run_dir) / f"{name}.jsonl"
+    if path.exists():
+        with open(path, "rb") as f:
+            for line in f:
+                if line.strip():
+                    yield from_json(cls, line)
 
 
 def read_view(run_dir: str | Path, name: str, cls: type[T]) -> list[T]:

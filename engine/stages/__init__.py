@@ -18,7 +18,7 @@ from engine.stages.attempt import (
                                    sample_requests,
                                    task_jobs,
 )
-from engine.stages.datasets import build_datasets, matched_stand, one_per_attempt, personalisation
+from engine.stages.datasets import DATASETS, build_datasets, matched_stand, one_per_attempt, personalisation
 from engine.stages.grade import grade, grade_stage, program, program_fingerprint, programs_stage
 from engine.stages.refine import (
                                    TeacherJob,
@@ -32,7 +32,7 @@ from engine.stages.refine import (
                                    verify_stage,
 )
 
-__all__ = ["SampleJob", "attempt_stage", "refine_job", "request_seed", "sample",
+__all__ = ["DATASETS", "SampleJob", "attempt_stage", "refine_job", "request_seed", "sample",
            "sample_requests", "task_jobs", "build_datasets", "matched_stand", "one_per_attempt",
            "personalisation", "grade", "grade_stage", "program", "program_fingerprint", "programs_stage",
            "TeacherJob", "ask_teacher", "first_round_jobs", "next_round_jobs", "refine_rounds",

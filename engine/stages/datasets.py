@@ -10,6 +10,9 @@ from engine import prompts
 from engine.records import Attempt, Example, Grade, Refinement, Task
 from engine.stages import personal
 
+# every dataset a pass builds, in the order build_datasets returns them
+DATASETS = ("persd", "persd-refine", "persd-combined", "stand", "stand-matched", "inpd")
+
 
 def one_per_attempt(refinements: Sequence[Refinement], verified: dict[str, Grade],
                     attempts: dict[str, Attempt], keep: str = "closest") -> list[Refinement]:
@@ -125,24 +128,44 @@ SOURCE_LICENCES = {"builtin": "Apache-2.0 (this project's built-in set)",
                    "humaneval": "MIT (HumanEval, Chen et al. 2021)"}
 
 
-def export_hf(out: Path, datasets_: dict[str, list[Example]], about: dict) -> None:
-    """Each dataset as a Hugging Face `datasets` directory (`out/<name>/`, `load_from_disk`) and
-    a Parquet file (`out/<name>.parquet`), with one dataset card (`out/README.md`)."""
-    import dataclasses
+def _view_rows(path: str):
+    import orjson
+
+    with open(path, "rb") as f:
+        for line in f:
+            if line.strip():
+                yield orjson.loads(line)
+
+
+def export_hf(out: Path, views: dict[str, Path], about: dict) -> None:
+    """Each dataset view (`<name>.jsonl` of the run) as a Hugging Face `datasets` directory
+    (`out/<name>/`, `load_from_disk`) and a Parquet file (`out/<name>.parquet`), with one
+    dataset card (`out/README.md`). Read from the file in batches, never whole, so a pool of
+    any size exports in bounded memory."""
+    import tempfile
 
     import datasets
+    from datasets import Features, Value
 
+    msg = [{"role": Value("string"), "content": Value("string")}]
+    features = Features({"example_id": Value("string"), "task_id": Value("string"),
+                         "kind": Value("string"), "prompt": msg, "completion": msg})
     out.mkdir(parents=True, exist_ok=True)
-    for name, examples in datasets_.items():
-        if not examples:
+    sizes = {}
+    for name, path in views.items():
+        sizes[name] = sum(1 for _ in _view_rows(str(path))) if path.exists() else 0
+        if not sizes[name]:
             continue
-        ds = datasets.Dataset.from_list([dataclasses.asdict(e) for e in examples])
-        ds.save_to_disk(str(out / name))
-        ds.to_parquet(str(out / f"{name}.parquet"))
+        with tempfile.TemporaryDirectory(dir=out) as cache:
+            ds = datasets.Dataset.from_generator(_view_rows, gen_kwargs={"path": str(path)},
+                                                 features=features, cache_dir=cache)
+            ds.save_to_disk(str(out / name))
+            ds.to_parquet(str(out / f"{name}.parquet"))
+            del ds
     pool = about.get("train_tasks", "")
     licences = sorted({v for k, v in SOURCE_LICENCES.items() if k in pool.lower()}) or [
         "the licence of the task file the pool came from"]
-    rows = "\n".join(f"| {n} | {len(v)} |" for n, v in datasets_.items())
+    rows = "\n".join(f"| {n} | {v} |" for n, v in sizes.items())
     (out / "README.md").write_text(f"""---
 license: other
 task_categories: [text-generation]

@@ -20,6 +20,7 @@ import difflib
 import io
 import tokenize
 from dataclasses import dataclass
+from typing import Iterable
 
 from engine.summary import PersonalStats
 
@@ -85,22 +86,34 @@ class Personalisation:
     reference: Similarity | None   # the task's reference solution vs the same attempt
 
 
-def summarise(rows: list[Personalisation]) -> dict[str, PersonalStats]:
+def summarise(rows: Iterable[Personalisation]) -> dict[str, PersonalStats]:
     """Per dataset kind: examples, mean similarities, and how often the target is closer to the
-    attempt than the StanD answer (by `text`), over the examples whose task has one."""
-    def mean(xs: list[float]) -> float | None:
-        return round(sum(xs) / len(xs), 4) if xs else None
+    attempt than the StanD answer (by `text`), over the examples whose task has one. One pass
+    of running sums: `rows` may be a stream read from disk."""
+    sums: dict[str, dict[str, list[float]]] = {}   # kind -> quantity -> [sum, count]
 
-    out: dict[str, PersonalStats] = {}
-    for kind in sorted({r.kind for r in rows}):
-        mine = [r for r in rows if r.kind == kind]
-        vs = [r for r in mine if r.stand is not None]
-        out[kind] = PersonalStats(
-            examples=len(mine),
-            target_vs_attempt={m: mean([getattr(r.target, m) for r in mine])
-                               for m in ("text", "tokens", "ast")},
-            stand_vs_attempt=mean([r.stand.text for r in vs]),
-            reference_vs_attempt=mean([r.reference.text for r in mine if r.reference]),
-            closer_than_stand=mean([float(r.target.text > r.stand.text) for r in vs]),
-            with_stand=len(vs))
-    return out
+    def add(kind: str, name: str, x: float) -> None:
+        acc = sums.setdefault(kind, {}).setdefault(name, [0.0, 0])
+        acc[0] += x
+        acc[1] += 1
+
+    for r in rows:
+        add(r.kind, "examples", 0.0)
+        for m in ("text", "tokens", "ast"):
+            add(r.kind, m, getattr(r.target, m))
+        if r.stand is not None:
+            add(r.kind, "stand", r.stand.text)
+            add(r.kind, "closer", float(r.target.text > r.stand.text))
+        if r.reference:
+            add(r.kind, "reference", r.reference.text)
+
+    def mean(kind: str, name: str) -> float | None:
+        acc = sums[kind].get(name)
+        return round(acc[0] / acc[1], 4) if acc else None
+
+    return {kind: PersonalStats(
+        examples=int(sums[kind]["examples"][1]),
+        target_vs_attempt={m: mean(kind, m) for m in ("text", "tokens", "ast")},
+        stand_vs_attempt=mean(kind, "stand"), reference_vs_attempt=mean(kind, "reference"),
+        closer_than_stand=mean(kind, "closer"),
+        with_stand=int(sums[kind].get("stand", [0, 0])[1])) for kind in sorted(sums)}

@@ -289,28 +289,68 @@ def load_file(path: str | Path, verify_seen: bool = True, require_tests: bool = 
 _PARSED: dict[tuple, tuple[Task, ...]] = {}   # load_file's memo, oldest first
 
 
+def iter_file(path: str | Path, require_tests: bool = True) -> Iterator[Task]:
+    """The tasks of a task file one at a time, read line by line (a pool of any size in bounded
+    memory: the windowed pass reads its pool this way); seen tests are not verified here (the
+    caller does it per window). Errors as in load_file."""
+    path = Path(path)
+    if not path.exists():
+        raise MissingFile(f"task file {path} does not exist")
+
+    def records() -> Iterator[tuple[str, object]]:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    yield where, orjson.loads(line)
+                except orjson.JSONDecodeError as e:
+                    raise TaskFileError(f"{where}: malformed JSON ({e})") from None
+    empty = True
+    for task in _parse(records(), require_tests)[0]:
+        empty = False
+        yield task
+    if empty:
+        raise TaskFileError(f"{path}: no tasks")
+
+
+def _parse(records: Iterable[tuple[str, object]], require_tests: bool
+           ) -> tuple[Iterator[Task], list[str | None]]:
+    """(the tasks of (where, record) pairs, lazily; a one-element list that holds the detected
+    format once the first task is out)."""
+    fmt_box: list[str | None] = [None]
+
+    def tasks() -> Iterator[Task]:
+        seen_ids: set[str] = set()
+        for where, d in records:
+            fmt = fmt_box[0]
+            try:
+                if not isinstance(d, dict):
+                    raise ValueError("a task must be a JSON object")
+                fmt = fmt_box[0] = fmt or detect_format(d)
+                task = _PARSERS[fmt](d, where)
+            except KeyError as e:
+                raise TaskFileError(f"{where}: missing field {e} for a {fmt} task") from None
+            except (ValueError, SyntaxError) as e:
+                raise TaskFileError(f"{where}: {e}") from None
+            if not task.tests and require_tests:
+                raise TaskFileError(f"{where}: task {task.task_id!r} has no tests (python -m "
+                                    "engine.synthesize adds checked tests to such tasks)")
+            if task.task_id in seen_ids:
+                raise TaskFileError(f"{where}: duplicate task_id {task.task_id!r}")
+            seen_ids.add(task.task_id)
+            yield task
+    return tasks(), fmt_box
+
+
 def parse_records(records: Iterable[tuple[str, object]], source: str, verify_seen: bool = True,
                   require_tests: bool = True) -> list[Task]:
     """Tasks from (where, record) pairs, the format detected from the first record; errors name
     `where` (file and line, or dataset and row)."""
-    tasks, fmt, seen_ids = [], None, set()
-    for where, d in records:
-        try:
-            if not isinstance(d, dict):
-                raise ValueError("a task must be a JSON object")
-            fmt = fmt or detect_format(d)
-            task = _PARSERS[fmt](d, where)
-        except KeyError as e:
-            raise TaskFileError(f"{where}: missing field {e} for a {fmt} task") from None
-        except (ValueError, SyntaxError) as e:
-            raise TaskFileError(f"{where}: {e}") from None
-        if not task.tests and require_tests:
-            raise TaskFileError(f"{where}: task {task.task_id!r} has no tests (python -m "
-                                "engine.synthesize adds checked tests to such tasks)")
-        if task.task_id in seen_ids:
-            raise TaskFileError(f"{where}: duplicate task_id {task.task_id!r}")
-        seen_ids.add(task.task_id)
-        tasks.append(task)
+    it, fmt_box = _parse(records, require_tests)
+    tasks = list(it)
+    fmt = fmt_box[0]
     if not tasks:
         raise TaskFileError(f"{source}: no tasks")
     if verify_seen and fmt == "humaneval":

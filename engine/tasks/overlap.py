@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
+from typing import Iterator, Sequence
 
 from engine.records import Task
 
@@ -31,18 +32,23 @@ class Overlap:
     ngram: str
 
 
-def find_overlaps(pool: Sequence[Task], against: Sequence[Task], n: int = N) -> list[Overlap]:
-    """Every training task sharing a word n-gram with an evaluation task (its first match)."""
+def _index(against: Sequence[Task], n: int) -> dict[tuple[str, ...], str]:
     index: dict[tuple[str, ...], str] = {}
     for t in against:
         for g in _ngrams(t, n):
             index.setdefault(g, t.task_id)
-    found = []
-    for t in pool:
-        hits = sorted((index[g], g) for g in _ngrams(t, n) if g in index)
-        if hits:
-            found.append(Overlap(t.task_id, hits[0][0], " ".join(hits[0][1])))
-    return found
+    return index
+
+
+def _overlap(t: Task, index: dict[tuple[str, ...], str], n: int) -> Overlap | None:
+    hits = sorted((index[g], g) for g in _ngrams(t, n) if g in index)
+    return Overlap(t.task_id, hits[0][0], " ".join(hits[0][1])) if hits else None
+
+
+def find_overlaps(pool: Sequence[Task], against: Sequence[Task], n: int = N) -> list[Overlap]:
+    """Every training task sharing a word n-gram with an evaluation task (its first match)."""
+    index = _index(against, n)
+    return [o for o in (_overlap(t, index, n) for t in pool) if o is not None]
 
 
 def decontaminate(pool: Sequence[Task], against: Sequence[Task], n: int = N
@@ -68,3 +74,42 @@ def load_pool(spec: str, limit: int, against: str, columns: str = "",
     if against:
         pool, report = decontaminate(pool, load_tasks(against, 0, verify_seen=False))
     return (pool[:limit] if limit else pool), report
+
+
+def iter_pool(spec: str, limit: int, against: str, columns: str = "",
+              require_tests: bool = True) -> tuple[Iterator[Task], dict | None]:
+    """load_pool, one task at a time, for a pool of any size in bounded memory: a task file is
+    read line by line and checked against `against`'s n-gram index (the evaluation sets: small)
+    as it goes, and reading stops at `limit`. The report fills in as the iterator runs (its
+    `pool` counts the tasks read). Other specs (named sets, `A+B`, `hf:`) are loaded whole, as
+    load_pool does: they are the small ones."""
+    from engine.tasks import load_tasks
+    from engine.tasks.loaders import iter_file
+
+    single_file = ("+" not in spec and ":" not in spec and Path(spec).is_file())
+    if not single_file:
+        pool, report = load_pool(spec, limit, against, columns, require_tests)
+        return iter(pool), report
+    report = None
+    index: dict = {}
+    if against:
+        ref = load_tasks(against, 0, verify_seen=False)
+        index = _index(ref, N)
+        report = {"n": N, "pool": 0, "against": len(ref), "dropped": 0, "pairs": []}
+
+    def tasks() -> Iterator[Task]:
+        kept = 0
+        for t in iter_file(spec, require_tests):
+            if limit and kept >= limit:
+                return
+            if report is not None:
+                report["pool"] += 1
+                o = _overlap(t, index, N)
+                if o is not None:
+                    report["dropped"] += 1
+                    report["pairs"].append({"train": o.train_id, "eval": o.eval_id,
+                                            "ngram": o.ngram})
+                    continue
+            kept += 1
+            yield t
+    return tasks(), report
