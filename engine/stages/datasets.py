@@ -146,6 +146,7 @@ def export_hf(out: Path, views: dict[str, Path], about: dict) -> None:
 
     import datasets
     from datasets import Features, Value
+    from datasets.arrow_writer import ArrowWriter
 
     msg = [{"role": Value("string"), "content": Value("string")}]
     features = Features({"example_id": Value("string"), "task_id": Value("string"),
@@ -156,9 +157,15 @@ def export_hf(out: Path, views: dict[str, Path], about: dict) -> None:
         sizes[name] = sum(1 for _ in _view_rows(str(path))) if path.exists() else 0
         if not sizes[name]:
             continue
-        with tempfile.TemporaryDirectory(dir=out) as cache:
-            ds = datasets.Dataset.from_generator(_view_rows, gen_kwargs={"path": str(path)},
-                                                 features=features, cache_dir=cache)
+        with tempfile.TemporaryDirectory(dir=out) as tmp:
+            # an Arrow file written in batches, then memory-mapped (from_generator would do
+            # the same through a builder that needs a working directory and a cache)
+            arrow = Path(tmp) / f"{name}.arrow"
+            with ArrowWriter(features=features, path=str(arrow)) as writer:
+                for row in _view_rows(str(path)):
+                    writer.write(row)
+                writer.finalize()
+            ds = datasets.Dataset.from_file(str(arrow))
             ds.save_to_disk(str(out / name))
             ds.to_parquet(str(out / f"{name}.parquet"))
             del ds

@@ -58,20 +58,20 @@ class ResponseCache:
             return
         if size <= self._offset:
             return
-        with open(self.path, "rb") as f:
+        with open(self.path, "rb") as f:   # line by line: a cache of any size, bounded memory
             f.seek(self._offset)
-            data = f.read(size - self._offset)
-        whole = data.rfind(b"\n") + 1  # a torn tail is read once another append seals it
-        pos = 0
-        for line in data[:whole].split(b"\n")[:-1]:
-            start, pos = pos, pos + len(line) + 1
-            try:
-                rec = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue  # torn by a kill mid-write (or empty): that answer is asked again
-            if isinstance(rec, dict) and "key" in rec:
-                self.entries[rec["key"]] = (self._offset + start, len(line))
-        self._offset += whole
+            pos = self._offset
+            for line in f:
+                if not line.endswith(b"\n"):
+                    break        # a torn tail is read once another append seals it
+                start, pos = pos, pos + len(line)
+                try:
+                    rec = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue  # torn by a kill mid-write (or empty): that answer is asked again
+                if isinstance(rec, dict) and "key" in rec:
+                    self.entries[rec["key"]] = (start, len(line) - 1)
+        self._offset = pos
 
     def get(self, key: str) -> CacheEntry | None:
         if key in self._pending:
