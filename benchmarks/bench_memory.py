@@ -1,17 +1,18 @@
 """Peak memory of a run against the size of its pool: the windowed pass (`data.window`) against
 the pool in one piece, in one run of this script.
 
-    python benchmarks/bench_memory.py --tasks 2000,20000 --window 1024
+    python benchmarks/bench_memory.py --tasks 2000,20000 --window 1024,0
 
 For each pool size, a pool of synthetic tasks (plain format, three tests each, a one-line
-reference) is written to a file, and `python -m engine.distill` runs on it as its own process
-(no fine-tune: `skip_train`): the tiny student of the test suite in vLLM (a Ray actor), the real
-sandbox, and a teacher endpoint in this process that answers from the references (wrong on
-purpose for a third of the tasks, as tests/tiny.py's scripted teacher; indexed by entry point,
-so it answers in constant time). The driver's peak RSS is its kernel high-water mark (VmHWM),
-read as it exits; the student actor's is read from its /proc entry while it runs. Prints one
-row per (window, pool size): wall seconds, driver peak RSS, student actor peak RSS, attempts,
-examples; then the growth from the smallest pool to the largest.
+reference) is written to a file, and `python -m engine.distill` runs on it as its own process (no
+fine-tune: `skip_train`): the tiny student of the test suite in vLLM (a Ray actor), the real
+sandbox, and a teacher endpoint in this process that answers from the references (wrong on purpose
+for a third of the tasks, as tests/tiny.py's scripted teacher; indexed by entry point, so it
+answers in constant time), one refine round and no StanD answers (the teacher's requests are what
+takes the time on 2 cores, about 25 a second; memory is the point here). The driver's peak RSS is
+its kernel high-water mark (VmHWM), read as it exits; the student actor's is read from its /proc
+entry while it runs. Prints one row per (window, pool size): wall seconds, driver peak RSS,
+student actor peak RSS, attempts, examples; then the growth from the smallest pool to the largest.
 """
 from __future__ import annotations
 
@@ -111,6 +112,7 @@ def one_run(work: Path, model: Path, n: int, window: int, concurrency: int) -> d
                "--teacher.base_url", teacher.url, "--teacher.model", "scripted",
                "--teacher.samples", "1", "--teacher.temperature", "0",
                "--teacher.template", "refine-feedback", "--teacher.concurrency", str(concurrency),
+               "--teacher.rounds", "1", "--teacher.stand", "false",
                "--data.train_tasks", str(pool), "--data.train_limit", "0",
                "--data.window", str(window), "--data.eval_tasks", str(pool),
                "--data.eval_limit", "4", "--eval.max_tokens", "32"]

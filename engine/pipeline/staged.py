@@ -153,7 +153,8 @@ class Pipeline:
                     tried = self.attempt(win)
                     # evaluated once: later windows have the same held-out set
                     b = before or self.evaluate(win, "eval-before")
-                    self.release_student()
+                    if not cfg.teacher.base_url:   # the local teacher server needs the cores
+                        self.release_student()
                     work = self.refine(win, tried)
                 before = before or b
                 verified = self.verify(win, work)
@@ -161,6 +162,7 @@ class Pipeline:
                 self.report_data(win, tried, work, verified, datasets, before)
                 last = (win, tried, work, verified, datasets)
             self.finish_windows()
+            self.release_student()      # the trainer's turn (a later evaluation restarts it)
             if not cfg.skip_train:
                 adapter = self.train(inputs)
                 after = self.evaluate(inputs, "eval-after", adapter)
