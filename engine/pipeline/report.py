@@ -13,6 +13,7 @@ Numbers come from the files the run wrote, never from anything recomputed here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -269,18 +270,26 @@ def plots(run: Path, summary: RunSummary, funnel: list, times: dict) -> None:
     save(fig, "funnel")
 
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    rows = _rows(run / "personalisation.jsonl")
-    groups = [([r["target"]["text"] for r in rows if r["kind"] == kind], label)
-              for kind, label in (("persd", "PersD target"), ("stand", "StanD answer"))]
-    groups = [(v, f"{label} (n={len(v)})") for v, label in groups if v]
+    # counted per bin as the view streams by: a run of any size draws in bounded memory
+    counts = {"persd": [0] * 10, "stand": [0] * 10}
+    path = run / "personalisation.jsonl"
+    with open(path, "rb") if path.exists() else contextlib.nullcontext([]) as f:
+        for line in f:
+            if line.strip():
+                r = json.loads(line)
+                if r["kind"] in counts:
+                    counts[r["kind"]][min(int(r["target"]["text"] * 10), 9)] += 1
+    groups = [(counts[kind], f"{label} (n={sum(counts[kind])})")
+              for kind, label in (("persd", "PersD target"), ("stand", "StanD answer"))
+              if sum(counts[kind])]
     if groups:   # side by side per bin, so neither hides the other
-        ax.hist([v for v, _ in groups], bins=[i / 10 for i in range(11)],
-                label=[label for _, label in groups])
+        centres = [i / 10 + 0.05 for i in range(10)]
+        ax.hist([centres] * len(groups), bins=[i / 10 for i in range(11)],
+                weights=[c for c, _ in groups], label=[label for _, label in groups])
+        ax.legend()
     ax.set_xlabel("similarity to the student's own attempt")
     ax.set_ylabel("examples")
     ax.set_title("How personal the targets are")
-    if rows:
-        ax.legend()
     save(fig, "personal")
 
     fig, ax = plt.subplots(figsize=(6, 3.2))

@@ -142,9 +142,13 @@ def export_hf(out: Path, views: dict[str, Path], about: dict) -> None:
     (`out/<name>/`, `load_from_disk`) and a Parquet file (`out/<name>.parquet`), with one
     dataset card (`out/README.md`). Read from the file in batches, never whole, so a pool of
     any size exports in bounded memory."""
-    import tempfile
+    import hashlib
+    import json
+    import shutil
 
     import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     from datasets import Features, Value
     from datasets.arrow_writer import ArrowWriter
 
@@ -155,20 +159,32 @@ def export_hf(out: Path, views: dict[str, Path], about: dict) -> None:
     sizes = {}
     for name, path in views.items():
         sizes[name] = sum(1 for _ in _view_rows(str(path))) if path.exists() else 0
+        shutil.rmtree(out / name, ignore_errors=True)   # an earlier export of this directory
+        (out / f"{name}.parquet").unlink(missing_ok=True)
         if not sizes[name]:
             continue
-        with tempfile.TemporaryDirectory(dir=out) as tmp:
-            # an Arrow file written in batches, then memory-mapped (from_generator would do
-            # the same through a builder that needs a working directory and a cache)
-            arrow = Path(tmp) / f"{name}.arrow"
-            with ArrowWriter(features=features, path=str(arrow)) as writer:
-                for row in _view_rows(str(path)):
-                    writer.write(row)
-                writer.finalize()
-            ds = datasets.Dataset.from_file(str(arrow))
-            ds.save_to_disk(str(out / name))
-            ds.to_parquet(str(out / f"{name}.parquet"))
-            del ds
+        # the `save_to_disk` layout written directly: the Arrow stream in batches, then the two
+        # small JSON files load_from_disk reads; the Parquet copy streamed from the same file.
+        # Never a whole table in memory, and no memory-mapped read of the data (its pages
+        # count in the process's RSS).
+        d = out / name
+        d.mkdir(parents=True)
+        arrow = d / "data-00000-of-00001.arrow"
+        with ArrowWriter(features=features, path=str(arrow), writer_batch_size=200) as writer:
+            for row in _view_rows(str(path)):
+                writer.write(row)
+            writer.finalize()
+        datasets.DatasetInfo(features=features).write_to_directory(str(d))
+        (d / "state.json").write_text(json.dumps({
+            "_data_files": [{"filename": arrow.name}],
+            "_fingerprint": hashlib.sha256(f"{path}:{sizes[name]}:{arrow.stat().st_size}"
+                                           .encode()).hexdigest()[:16],
+            "_format_columns": None, "_format_kwargs": {}, "_format_type": None,
+            "_output_all_columns": False, "_split": None}, indent=2))
+        with open(arrow, "rb") as f, pa.ipc.open_stream(f) as batches:
+            with pq.ParquetWriter(str(out / f"{name}.parquet"), batches.schema) as pw:
+                for batch in batches:
+                    pw.write_batch(batch)
     pool = about.get("train_tasks", "")
     licences = sorted({v for k, v in SOURCE_LICENCES.items() if k in pool.lower()}) or [
         "the licence of the task file the pool came from"]
