@@ -147,6 +147,7 @@ class Pipeline:
             inputs = self.load()
             last = None
             for win in self.windows(inputs):
+                last = tried = work = verified = datasets = None   # free the previous window first
                 if cfg.execution == "streaming":
                     tried, b, work = self.stream(win)
                 else:
