@@ -13,20 +13,19 @@ Numbers come from the files the run wrote, never from anything recomputed here.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from pathlib import Path
 
 from engine.evaluate import paired_bootstrap
+from engine.run.store import view_lines
 from engine.summary import RunSummary
 
 PLOTS = ("pass", "funnel", "personal", "time")
 
 
 def _rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] \
-        if path.exists() else []
+    return [json.loads(line) for line in view_lines(path)]
 
 
 def per_task(run: Path, name: str) -> dict[str, float]:
@@ -272,13 +271,10 @@ def plots(run: Path, summary: RunSummary, funnel: list, times: dict) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.2))
     # counted per bin as the view streams by: a run of any size draws in bounded memory
     counts = {"persd": [0] * 10, "stand": [0] * 10}
-    path = run / "personalisation.jsonl"
-    with open(path, "rb") if path.exists() else contextlib.nullcontext([]) as f:
-        for line in f:
-            if line.strip():
-                r = json.loads(line)
-                if r["kind"] in counts:
-                    counts[r["kind"]][min(int(r["target"]["text"] * 10), 9)] += 1
+    for line in view_lines(run / "personalisation.jsonl"):
+        r = json.loads(line)
+        if r["kind"] in counts:
+            counts[r["kind"]][min(int(r["target"]["text"] * 10), 9)] += 1
     groups = [(counts[kind], f"{label} (n={sum(counts[kind])})")
               for kind, label in (("persd", "PersD target"), ("stand", "StanD answer"))
               if sum(counts[kind])]

@@ -301,22 +301,25 @@ class RunStore:
         return read_view(self.path, name, cls)
 
 
-def iter_view(run_dir: str | Path, name: str, cls: type[T]) -> Iterator[T]:
-    """A JSONL view as records, one line at a time (a view of any size in bounded memory)."""
-    path = Path(run_dir) / f"{name}.jsonl"
+def view_lines(path: str | Path) -> Iterator[bytes]:
+    """The non-empty lines of a JSONL file, one at a time (nothing if it does not exist): a
+    view of any size read in bounded memory."""
+    path = Path(path)
     if path.exists():
         with open(path, "rb") as f:
             for line in f:
                 if line.strip():
-                    yield from_json(cls, line)
+                    yield line
+
+
+def iter_view(run_dir: str | Path, name: str, cls: type[T]) -> Iterator[T]:
+    """A JSONL view as records, one line at a time."""
+    return (from_json(cls, line) for line in view_lines(Path(run_dir) / f"{name}.jsonl"))
 
 
 def read_view(run_dir: str | Path, name: str, cls: type[T]) -> list[T]:
     """A JSONL view of a run directory as records, without opening its store."""
-    path = Path(run_dir) / f"{name}.jsonl"
-    if not path.exists():
-        return []
-    return [from_json(cls, line) for line in path.read_bytes().splitlines() if line]
+    return list(iter_view(run_dir, name, cls))
 
 
 def content_hash(path: str | Path) -> str:

@@ -128,15 +128,6 @@ SOURCE_LICENCES = {"builtin": "Apache-2.0 (this project's built-in set)",
                    "humaneval": "MIT (HumanEval, Chen et al. 2021)"}
 
 
-def _view_rows(path: str):
-    import orjson
-
-    with open(path, "rb") as f:
-        for line in f:
-            if line.strip():
-                yield orjson.loads(line)
-
-
 def export_hf(out: Path, views: dict[str, Path], about: dict) -> None:
     """Each dataset view (`<name>.jsonl` of the run) as a Hugging Face `datasets` directory
     (`out/<name>/`, `load_from_disk`) and a Parquet file (`out/<name>.parquet`), with one
@@ -147,10 +138,13 @@ def export_hf(out: Path, views: dict[str, Path], about: dict) -> None:
     import shutil
 
     import datasets
+    import orjson
     import pyarrow as pa
     import pyarrow.parquet as pq
     from datasets import Features, Value
     from datasets.arrow_writer import ArrowWriter
+
+    from engine.run.store import view_lines
 
     msg = [{"role": Value("string"), "content": Value("string")}]
     features = Features({"example_id": Value("string"), "task_id": Value("string"),
@@ -158,22 +152,24 @@ def export_hf(out: Path, views: dict[str, Path], about: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     sizes = {}
     for name, path in views.items():
-        sizes[name] = sum(1 for _ in _view_rows(str(path))) if path.exists() else 0
-        shutil.rmtree(out / name, ignore_errors=True)   # an earlier export of this directory
+        d = out / name
+        shutil.rmtree(d, ignore_errors=True)   # an earlier export of this directory
         (out / f"{name}.parquet").unlink(missing_ok=True)
-        if not sizes[name]:
-            continue
         # the `save_to_disk` layout written directly: the Arrow stream in batches, then the two
         # small JSON files load_from_disk reads; the Parquet copy streamed from the same file.
         # Never a whole table in memory, and no memory-mapped read of the data (its pages
         # count in the process's RSS).
-        d = out / name
         d.mkdir(parents=True)
         arrow = d / "data-00000-of-00001.arrow"
+        sizes[name] = 0
         with ArrowWriter(features=features, path=str(arrow), writer_batch_size=200) as writer:
-            for row in _view_rows(str(path)):
-                writer.write(row)
+            for line in view_lines(path):
+                writer.write(orjson.loads(line))
+                sizes[name] += 1
             writer.finalize()
+        if not sizes[name]:
+            shutil.rmtree(d)
+            continue
         datasets.DatasetInfo(features=features).write_to_directory(str(d))
         (d / "state.json").write_text(json.dumps({
             "_data_files": [{"filename": arrow.name}],

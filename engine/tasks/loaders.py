@@ -252,6 +252,16 @@ def detect_format(d: dict) -> str:
 _PARSERS = {"humaneval": _from_humaneval, "mbpp": _from_mbpp, "plain": _from_plain}
 
 
+def _records(path: Path, lines: Iterable[tuple[int, bytes]]) -> Iterator[tuple[str, object]]:
+    """(file:line, decoded JSON) for each numbered line; malformed JSON names its line."""
+    for lineno, line in lines:
+        where = f"{path}:{lineno}"
+        try:
+            yield where, orjson.loads(line)
+        except orjson.JSONDecodeError as e:
+            raise TaskFileError(f"{where}: malformed JSON ({e})") from None
+
+
 def _lines(data: bytes) -> Iterator[tuple[int, bytes]]:
     for i, line in enumerate(data.splitlines(), 1):
         if line.strip():
@@ -273,14 +283,8 @@ def load_file(path: str | Path, verify_seen: bool = True, require_tests: bool = 
     if key not in _PARSED:
         data = gzip.decompress(raw) if path.suffix == ".gz" else raw
 
-        def records() -> Iterator[tuple[str, object]]:
-            for lineno, line in _lines(data):
-                where = f"{path}:{lineno}"
-                try:
-                    yield where, orjson.loads(line)
-                except orjson.JSONDecodeError as e:
-                    raise TaskFileError(f"{where}: malformed JSON ({e})") from None
-        _PARSED[key] = tuple(parse_records(records(), str(path), verify_seen, require_tests))
+        _PARSED[key] = tuple(parse_records(_records(path, _lines(data)), str(path), verify_seen,
+                                           require_tests))
         while len(_PARSED) > 16:
             _PARSED.pop(next(iter(_PARSED)))
     return list(_PARSED[key])
@@ -297,18 +301,11 @@ def iter_file(path: str | Path, require_tests: bool = True) -> Iterator[Task]:
     if not path.exists():
         raise MissingFile(f"task file {path} does not exist")
 
-    def records() -> Iterator[tuple[str, object]]:
+    def lines() -> Iterator[tuple[int, bytes]]:
         with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    yield where, orjson.loads(line)
-                except orjson.JSONDecodeError as e:
-                    raise TaskFileError(f"{where}: malformed JSON ({e})") from None
+            yield from ((i, line) for i, line in enumerate(f, 1) if line.strip())
     empty = True
-    for task in _parse(records(), require_tests)[0]:
+    for task in _parse(_records(path, lines()), require_tests)[0]:
         empty = False
         yield task
     if empty:

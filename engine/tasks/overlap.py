@@ -31,6 +31,10 @@ class Overlap:
     eval_id: str
     ngram: str
 
+    def pair(self) -> dict[str, str]:
+        """As the run summary's decontamination report lists it."""
+        return {"train": self.train_id, "eval": self.eval_id, "ngram": self.ngram}
+
 
 def _index(against: Sequence[Task], n: int) -> dict[tuple[str, ...], str]:
     index: dict[tuple[str, ...], str] = {}
@@ -57,8 +61,7 @@ def decontaminate(pool: Sequence[Task], against: Sequence[Task], n: int = N
     overlaps = find_overlaps(pool, against, n)
     bad = {o.train_id for o in overlaps}
     report = {"n": n, "pool": len(pool), "against": len(against), "dropped": len(bad),
-              "pairs": [{"train": o.train_id, "eval": o.eval_id, "ngram": o.ngram}
-                        for o in overlaps]}
+              "pairs": [o.pair() for o in overlaps]}
     return [t for t in pool if t.task_id not in bad], report
 
 
@@ -107,8 +110,7 @@ def iter_pool(spec: str, limit: int, against: str, columns: str = "",
                 o = _overlap(t, index, N)
                 if o is not None:
                     report["dropped"] += 1
-                    report["pairs"].append({"train": o.train_id, "eval": o.eval_id,
-                                            "ngram": o.ngram})
+                    report["pairs"].append(o.pair())
                     continue
             kept += 1
             yield t
